@@ -1,0 +1,38 @@
+# Two commands: `make demo` (the main job) and `make test` (the suite). Each sets up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU build of torch from this machine's local wheel; users elsewhere may install any torch>=2.1.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup test demo bench fuzz clean data
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[eval,data,dev]" "$(TORCH_PIN)"
+	-$(MAKE) --no-print-directory data
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian (only where apt is available and we are root); not needed by the tests.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+		|| echo "note: could not install dataset-fashion-mnist; pass --data-dir to use your own copy"; fi
+
+test: setup
+	$(PY) -m pytest tests
+
+demo: setup
+	$(PY) -m codanet demo --out runs/demo
+
+bench: setup
+	$(PY) -m codanet bench layers --json runs/bench/layers.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

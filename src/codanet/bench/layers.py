@@ -1,0 +1,161 @@
+"""`codanet bench layers`: each of the nine coda_s layers (batch 64, 32x32 input), efficient
+low-rank layer against the literal materialised eq. 1, forward + backward.
+
+Time: median of `repeats` after a warm-up.  FLOPs: the efficient algorithm's multiply-adds
+(conv A'^T x, conv Bx, Gram quadratic form) x2 for forward, x3 for forward+backward; both
+implementations are credited with the same count, so GFLOP/s compares to a same-run matmul.
+Peak memory: each measurement runs in a fresh subprocess and reports the growth of the resident
+set during one forward+backward beyond the inputs and parameters (glibc told to keep freed memory,
+so the peak is the true high-water mark of live tensors plus allocator slack).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from ..utils.io import write_json
+from ..utils.perf import keep_freed_memory
+
+
+def _layer_inputs(batch: int, seed: int = 0):
+    from ..models import create_model
+    torch.manual_seed(seed)
+    model = create_model("coda_s", num_classes=10)
+    a = torch.rand(batch, 3, 32, 32)
+    a = torch.cat([a, 1 - a], 1)
+    inputs = []
+    with torch.no_grad():
+        for layer in model.layers:
+            inputs.append(a)
+            a = layer(a)
+    return model, inputs
+
+
+def _step(impl: str, layer, a: torch.Tensor):
+    from ..nn.reference import dau_conv2d_reference
+    a = a.detach().requires_grad_()
+    if impl == "efficient":
+        out = layer(a)
+    else:
+        A, B, b = (p.flatten(2).transpose(1, 2) if i == 0 else p.flatten(1)
+                   for i, p in enumerate((layer.A, layer.B, layer.b)))
+        out = dau_conv2d_reference(a, A, B, b, layer.kernel_size, layer.stride, layer.padding,
+                                   layer.nonlinearity)
+    out.backward(torch.ones_like(out))
+    return out
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _peak_worker(impl: str, index: int, batch: int) -> None:
+    import resource
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    model, inputs = _layer_inputs(batch)
+    layer, a = model.layers[index], inputs[index]
+    del inputs
+    before = _rss_bytes()
+    _step(impl, layer, a)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_bytes": max(0, peak - before)}))
+
+
+def peak_memory(impl: str, index: int, batch: int) -> int:
+    code = f"from codanet.bench.layers import _peak_worker; _peak_worker({impl!r}, {index}, {batch})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def layer_flops(layer, a: torch.Tensor) -> float:
+    n, _, h, w = a.shape
+    ho = (h + 2 * layer.padding - layer.kernel_size) // layer.stride + 1
+    wo = (w + 2 * layer.padding - layer.kernel_size) // layer.stride + 1
+    d, r1, c = layer.in_channels * layer.kernel_size ** 2, layer.rank + 1, layer.out_channels
+    macs = n * ho * wo * (c * r1 * d + layer.rank * d + c * r1 * r1)
+    return 2.0 * 3 * macs
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run(batch: int = 64, repeats: int = 3, memory: bool = True, progress: bool = True) -> dict:
+    from tqdm import tqdm
+    keep_freed_memory()
+    model, inputs = _layer_inputs(batch)
+    mm = matmul_gflops()
+    rows = []
+    for i in tqdm(range(len(model.layers)), desc="layers", disable=not progress):
+        layer, a = model.layers[i], inputs[i]
+        t_eff = timed(lambda: _step("efficient", layer, a), repeats)
+        t_ref = timed(lambda: _step("reference", layer, a), repeats)
+        flops = layer_flops(layer, a)
+        row = dict(layer=i + 1, shape=f"{layer.in_channels}->{layer.out_channels} k{layer.kernel_size} "
+                   f"s{layer.stride} r{layer.rank} @{a.shape[2]}", efficient_ms=t_eff * 1e3,
+                   reference_ms=t_ref * 1e3, speedup=t_ref / t_eff, gflops=flops / t_eff / 1e9,
+                   matmul_fraction=flops / t_eff / 1e9 / mm)
+        if memory:
+            row["efficient_peak_mb"] = peak_memory("efficient", i, batch) / 2**20
+            row["reference_peak_mb"] = peak_memory("reference", i, batch) / 2**20
+            row["memory_ratio"] = row["reference_peak_mb"] / max(row["efficient_peak_mb"], 1e-9)
+        rows.append(row)
+    summary = dict(
+        median_speedup=statistics.median(r["speedup"] for r in rows),
+        median_matmul_fraction=statistics.median(r["matmul_fraction"] for r in rows),
+        matmul_gflops=mm, batch=batch, threads=torch.get_num_threads(), torch=torch.__version__)
+    if memory:
+        summary["median_memory_ratio"] = statistics.median(r["memory_ratio"] for r in rows)
+    return dict(rows=rows, summary=summary)
+
+
+def format_table(result: dict) -> str:
+    rows, s = result["rows"], result["summary"]
+    mem = "efficient_peak_mb" in rows[0]
+    head = "| layer | shape | efficient ms | reference ms | speed-up | GFLOP/s | of matmul |"
+    head += " peak MB eff | peak MB ref | memory ratio |" if mem else ""
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        line = (f"| {r['layer']} | {r['shape']} | {r['efficient_ms']:.0f} | {r['reference_ms']:.0f} | "
+                f"{r['speedup']:.1f}x | {r['gflops']:.0f} | {100 * r['matmul_fraction']:.0f} % |")
+        if mem:
+            line += f" {r['efficient_peak_mb']:.0f} | {r['reference_peak_mb']:.0f} | {r['memory_ratio']:.1f}x |"
+        lines.append(line)
+    tail = (f"\nmedian speed-up {s['median_speedup']:.1f}x, median {100 * s['median_matmul_fraction']:.0f} % "
+            f"of the same-run matmul rate ({s['matmul_gflops']:.0f} GFLOP/s, {s['threads']} threads)")
+    if mem:
+        tail += f", median peak-memory ratio {s['median_memory_ratio']:.1f}x"
+    return "\n".join(lines) + tail
+
+
+def main(args) -> int:
+    result = run(batch=args.batch, repeats=args.repeats, memory=not args.no_memory)
+    print(format_table(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0

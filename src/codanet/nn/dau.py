@@ -1,0 +1,174 @@
+"""Dynamic Alignment Units (paper sec. 3.1, eq. 1) and a dense layer of them.
+
+    DAU(x) = g(A B x + b)^T x = w(x)^T x,    x in R^d, A in R^{d x r}, B in R^{r x d}, b in R^d.
+
+A layer of k DAUs shares one B (sec. 3.4); unit j has its own A_j and b_j.
+
+The low-rank identity (REFERENCE.md sec. 1).  With z = B x and the augmented code z' = [z, 1]
+and A'_j = [A_j, b_j] (a d x (r+1) matrix), u_j = A_j z + b_j = A'_j z', hence
+
+    u_j^T x   = z'^T (A'_j^T x)            (all A'_j^T x at once: one linear map / convolution)
+    ||u_j||^2 = z'^T (A'_j^T A'_j) z'      (an (r+1) x (r+1) Gram matrix per unit)
+    DAU_j(x)  = alpha(||u_j||) * u_j^T x   (eq. 1 with g(u) = alpha(||u||) u, eq. 2)
+
+so a layer costs k*(r+1)*d multiply-adds per input and never holds the k*d values of all w_j(x).
+`_DAUBase` holds this maths once; `DAULinear` (vectors) and `DAUConv2d` (image patches, in
+`conv.py`) differ only in how they apply a weight to their input (`_project`).
+
+Explanation mode (eq. 7-8): when `explanation_mode` is set (see `explanation.py`), the dynamic
+weights w(x) -- here z' and alpha -- are detached, so the layer is linear in its input and the
+gradient of an output w.r.t. the input is exactly the row of W(x).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .rescale import check_nonlinearity, rescale_factor
+
+
+class _Contract(torch.autograd.Function):
+    """y[..., j] = sum_s M[..., j, s] v[..., s] with a lean backward (no saved temporaries)."""
+
+    @staticmethod
+    def forward(ctx, M, v):
+        ctx.save_for_backward(M, v)
+        return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        M, v = ctx.saved_tensors
+        dM = grad.unsqueeze(-1) * v.unsqueeze(-2) if ctx.needs_input_grad[0] else None
+        dv = (grad.unsqueeze(-2) @ M).squeeze(-2) if ctx.needs_input_grad[1] else None
+        return dM, dv
+
+
+def contract(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched matrix-vector product (..., J, S) x (..., S) -> (..., J)."""
+    return _Contract.apply(M, v)
+
+
+class _DAUBase(nn.Module):
+    """Shared parameters and maths of a layer of DAUs; subclasses define `_project`.
+
+    Parameters, with `patch` the shape of one input (d = prod(patch) values):
+      A: (out, rank, *patch)  -- A_j^T for every unit j
+      B: (rank, *patch)       -- shared by all units
+      b: (out, *patch)        -- or None when bias=False
+    """
+
+    explanation_mode: bool = False
+
+    def __init__(self, out_units: int, rank: int, patch: tuple[int, ...], nonlinearity: str, bias: bool):
+        super().__init__()
+        if out_units < 1 or rank < 1:
+            raise ValueError(f"out units and rank must be >= 1, got {out_units} and {rank}")
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        self.rank = rank
+        d = math.prod(patch)
+        # Init: z = Bx has variance ~||x||^2/d per entry and u = Az has ||u|| ~ ||x||,
+        # so the SQ units start in their sensitive range (alpha*||u|| ~ 1/2 for ||x|| ~ 1).
+        self.B = nn.Parameter(torch.randn(rank, *patch) / math.sqrt(d))
+        self.A = nn.Parameter(torch.randn(out_units, rank, *patch) / math.sqrt(rank))
+        self.b = nn.Parameter(torch.zeros(out_units, *patch)) if bias else None
+
+    # -- to be defined by subclasses ---------------------------------------------------
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Apply `weight` (m, *patch) to every input patch: -> (N, P, m), P positions."""
+        raise NotImplementedError
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Turn the positions-major output (N, P, out) into the layer's output layout."""
+        raise NotImplementedError
+
+    # -- the DAU maths -----------------------------------------------------------------
+    @property
+    def out_units(self) -> int:
+        return self.A.shape[0]
+
+    def augmented_A(self) -> torch.Tensor:
+        """A'_j^T = [A_j, b_j]^T stacked over units: (out, r+1, *patch) (r when bias=False)."""
+        if self.b is None:
+            return self.A
+        return torch.cat([self.A, self.b.unsqueeze(1)], dim=1)
+
+    def dynamic_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input-dependent part of w_j(x) = alpha_j * A'_j z' at every position.
+
+        Returns z' = [Bx, 1]: (N, P, r') and alpha(||u_j||): (N, P, out), with
+        ||u_j||^2 = z'^T G_j z' from the Gram matrices G_j = A'_j^T A'_j.
+        """
+        z = self._project(x, self.B)
+        if self.b is not None:
+            z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
+        Ap = self.augmented_A().flatten(2)                       # (out, r', d)
+        gram = Ap @ Ap.transpose(1, 2)                            # (out, r', r')
+        zg = (z @ gram.permute(2, 0, 1).flatten(1)).unflatten(-1, gram.shape[:2])  # (N,P,out,r') = G_j z'
+        squared_norm = contract(zg, z)                            # z'^T G_j z'
+        return z, rescale_factor(squared_norm, self.nonlinearity)
+
+    def apply_weights(self, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """w_j^T x = alpha_j * z'^T (A'_j^T x) for given dynamic weights: linear in x."""
+        Ap = self.augmented_A()
+        projected = self._project(x, Ap.flatten(0, 1)).unflatten(-1, Ap.shape[:2])  # (N,P,out,r')
+        return self._output(alpha * contract(projected, z), x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, alpha = self.dynamic_weights(x)
+        if self.explanation_mode:
+            z, alpha = z.detach(), alpha.detach()
+        return self.apply_weights(x, z, alpha)
+
+    def paper_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A: (out, d, r), B: (r, d), b: (out, d)) in the paper's notation (eq. 1).
+
+        The d input dimensions are ordered as `torch.nn.functional.unfold` orders a patch
+        (channel, then kernel row, then kernel column).  b is zeros when bias=False.
+        """
+        A = self.A.detach().flatten(2).transpose(1, 2)
+        B = self.B.detach().flatten(1)
+        b = self.b.detach().flatten(1) if self.b is not None else A.new_zeros(A.shape[:2])
+        return A, B, b
+
+
+class DAULinear(_DAUBase):
+    """`out_features` DAUs over a d-dimensional input with a shared B (sec. 3.2).
+
+    Input (N, in_features) -> output (N, out_features); output j is w_j(x)^T x.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int,
+                 nonlinearity: str = "sq", bias: bool = True):
+        super().__init__(out_features, rank, (in_features,), nonlinearity, bias)
+        self.in_features, self.out_features = in_features, out_features
+
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"DAULinear expects input of shape (N, {self.in_features}), got {tuple(x.shape)}"
+            )
+        return (x @ weight.t()).unsqueeze(1)                   # one "position"
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y.squeeze(1)
+
+    def linear_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """w_j(x) for every unit, materialised: (N, out, d) -- for plots and analysis."""
+        z, alpha = self.dynamic_weights(x)                       # (N, 1, r'), (N, 1, out)
+        return alpha[:, 0, :, None] * torch.einsum("jsd,ns->njd", self.augmented_A(), z[:, 0])
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, nonlinearity={self.nonlinearity!r}, bias={self.b is not None}")
+
+
+class DAU(DAULinear):
+    """A single Dynamic Alignment Unit (eq. 1): (N, d) -> (N,)."""
+
+    def __init__(self, in_features: int, rank: int, nonlinearity: str = "sq", bias: bool = True):
+        super().__init__(in_features, 1, rank, nonlinearity, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze(-1)

@@ -1,0 +1,253 @@
+"""The training loop: Adam, the paper's schedules, gradient accumulation, per-epoch test accuracy,
+CSV log, atomic safetensors checkpoints, exact resume, SIGINT/SIGTERM and NaN handling.
+
+Determinism: the shuffling of epoch e uses seed*1000003 + e, and the randomness of a batch
+(augmentation, the lambda term's random class) uses a generator seeded from (seed, epoch, step).
+A resumed run therefore replays exactly what an uninterrupted run would have done (on the same
+machine and thread count).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import time
+
+import torch
+from tqdm import tqdm
+
+from ..data import load_dataset, make_batch
+from ..models import create_model
+from ..utils.io import atomic_path, write_json
+from .checkpoint import checkpoint_files, load_into, prune, save_checkpoint
+from .loss import coda_loss
+
+
+class TrainingStopped(Exception):
+    """Raised when training cannot go on (NaN/Inf); the last good checkpoint stays intact."""
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use device=auto or cpu)")
+    return torch.device(name)
+
+
+def learning_rate(cfg: dict, epoch_progress: float) -> float:
+    """lr at a (fractional) epoch, per the configured schedule (REFERENCE.md sec. 3)."""
+    lr, epoch = cfg["lr"], int(epoch_progress)
+    if cfg["schedule"] == "constant":
+        return lr
+    if cfg["schedule"] == "step":                 # CIFAR: 2.5e-4 * 1.5^-floor(epoch/30)
+        return lr * cfg["lr_gamma"] ** (epoch // cfg["lr_step_epochs"])
+    if cfg["schedule"] == "warmup":               # ImageNet-100: warm-up, then steps
+        w = cfg["warmup_epochs"]
+        if epoch_progress < w:
+            return cfg["warmup_start_lr"] + (lr - cfg["warmup_start_lr"]) * epoch_progress / w
+        return lr * cfg["lr_gamma"] ** (int(epoch_progress - w) // cfg["lr_step_epochs"])
+    if cfg["schedule"] == "linear":               # to lr * final_lr_fraction at the last epoch
+        frac = min(1.0, epoch_progress / cfg["epochs"])
+        return lr * (1 - (1 - cfg["final_lr_fraction"]) * frac)
+    raise ValueError(f"unknown schedule {cfg['schedule']!r}")
+
+
+def build_model(cfg: dict, num_classes: int, in_channels: int):
+    kw = dict(num_classes=num_classes, in_channels=in_channels, nonlinearity=cfg["nonlinearity"])
+    if cfg["temperature"] is not None:
+        kw["temperature"] = cfg["temperature"]
+    if cfg["rank"] is not None:
+        kw["rank"] = cfg["rank"]
+    return create_model(cfg["model"], **kw)
+
+
+def load_splits(cfg: dict):
+    train = load_dataset(cfg["dataset"], "train", cfg["data_dir"])
+    test = load_dataset(cfg["dataset"], "test", cfg["data_dir"])
+    if cfg["max_train_images"]:
+        train = train.subset(range(min(len(train), cfg["max_train_images"])))
+    if cfg["max_test_images"]:
+        test = test.subset(range(min(len(test), cfg["max_test_images"])))
+    return train, test
+
+
+@torch.no_grad()
+def evaluate_accuracy(model, dataset, batch_size: int = 500, device="cpu", progress=False) -> dict:
+    """Top-1 and top-5 accuracy on `dataset`."""
+    model.eval()
+    top1 = top5 = 0
+    for start in tqdm(range(0, len(dataset), batch_size), desc="eval", leave=False, disable=not progress):
+        idx = range(start, min(len(dataset), start + batch_size))
+        x = make_batch(dataset, idx, "none", None, train=False).to(device)
+        y = dataset.labels[start:start + len(idx)].to(device)
+        logits = model(x)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, 1).indices
+        top1 += (top[:, 0] == y).sum().item()
+        top5 += (top == y[:, None]).any(1).sum().item()
+    model.train()
+    n = max(1, len(dataset))
+    return {"top1": top1 / n, "top5": top5 / n}
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and stops at the next update."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.previous = {}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:          # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def _batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+
+
+def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
+    """Train per `cfg` into `out_dir`; returns the summary (also written to summary.json)."""
+    from ..utils.perf import keep_freed_memory
+    keep_freed_memory()
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    device = select_device(cfg["device"])
+    train_set, test_set = load_splits(cfg)
+    model = build_model(cfg, train_set.num_classes, train_set.channels).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+
+    bs, acc = cfg["batch_size"], cfg["accumulate"]
+    steps_per_epoch = (len(train_set) // (bs * acc)) * acc       # whole updates only
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one update "
+                         f"(batch_size*accumulate = {bs * acc})")
+    epoch, step, history, elapsed = 0, 0, [], 0.0
+    if resume:
+        files = checkpoint_files(ckpt_dir)
+        if not files:
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        state = load_into(model, files[-1], optimizer)
+        saved = {k: v for k, v in state["config"].items() if k not in ("max_minutes",)}
+        now = {k: v for k, v in cfg.items() if k not in ("max_minutes",)}
+        if saved != now:
+            diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(now) if saved.get(k) != now.get(k)]
+            raise ValueError(f"--resume: the config differs from the checkpoint's ({'; '.join(diffs)})")
+        epoch, step, history, elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
+        if progress:
+            print(f"resuming from {files[-1]} (epoch {epoch}, step {step})")
+
+    use_bf16 = device.type == "cuda" and cfg["bf16"]
+    log_path = os.path.join(out_dir, "log.csv")
+
+    def state_dict():
+        return dict(config=cfg, epoch=epoch, step=step, history=history, elapsed=elapsed,
+                    dataset=train_set.name, classes=train_set.classes)
+
+    def checkpoint():
+        updates = epoch * (steps_per_epoch // acc) + step // acc
+        save_checkpoint(os.path.join(ckpt_dir, f"step-{updates:09d}.safetensors"), model, optimizer, state_dict())
+        prune(ckpt_dir, cfg["keep_checkpoints"])
+
+    def write_log():
+        with atomic_path(log_path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "test_top1", "test_top5", "lr", "seconds"])
+            w.writeheader()
+            w.writerows(history)
+
+    start = time.time() - elapsed
+    images_seen, train_loop_seconds = 0, 0.0
+    stopped_by = None
+    model.train()
+    with _StopFlag() as stop:
+        while epoch < cfg["epochs"] and stopped_by is None:
+            perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + epoch))
+            running, count = 0.0, 0
+            bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                       disable=not progress, leave=False)
+            t_loop = time.time()
+            while step < steps_per_epoch:
+                lr = learning_rate(cfg, epoch + step / steps_per_epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                gen = _batch_generator(cfg["seed"], epoch, step)
+                idx = perm[step * bs:(step + 1) * bs]
+                x = make_batch(train_set, idx, cfg["augment"], gen, cfg["crop_padding"],
+                               cfg["randaugment_n"], cfg["randaugment_m"]).to(device)
+                y = train_set.labels[idx].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss, _, parts = coda_loss(model, x, y, cfg["lam"], gen)
+                if not math.isfinite(loss.item()):
+                    raise TrainingStopped(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopping. "
+                                          f"The last good checkpoint in {ckpt_dir} is intact (lower lr or "
+                                          "check the data)")
+                (loss / acc).backward()
+                step += 1
+                images_seen += len(idx)
+                running += loss.item()
+                count += 1
+                if step % acc == 0:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if not all(torch.isfinite(p).all() for p in model.parameters()):
+                        raise TrainingStopped(f"weights became NaN/Inf at epoch {epoch + 1}, step {step}; "
+                                              f"the last good checkpoint in {ckpt_dir} is intact")
+                    elapsed = time.time() - start
+                    updates = step // acc
+                    over_time = cfg["max_minutes"] is not None and elapsed > 60 * cfg["max_minutes"]
+                    if stop.signal is not None or over_time:
+                        stopped_by = "signal" if stop.signal is not None else "time budget"
+                        break
+                    if updates % cfg["checkpoint_every_steps"] == 0 and step < steps_per_epoch:
+                        checkpoint()
+                bar.update(1)
+                bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr:.2e}")
+            bar.close()
+            train_loop_seconds += time.time() - t_loop
+            elapsed = time.time() - start
+            if step >= steps_per_epoch:
+                metrics = evaluate_accuracy(model, test_set, cfg["eval_batch_size"], device)
+                history.append(dict(epoch=epoch + 1, train_loss=running / max(1, count),
+                                    test_top1=metrics["top1"], test_top5=metrics["top5"], lr=lr,
+                                    seconds=round(elapsed, 1)))
+                if progress:
+                    print(f"epoch {epoch + 1}: train loss {running / max(1, count):.4f}, "
+                          f"test top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} ({elapsed:.0f} s)")
+                epoch, step = epoch + 1, 0
+                write_log()
+            checkpoint()
+    if stopped_by == "signal":
+        print(f"stopped by signal {stop.signal} after writing a checkpoint to {ckpt_dir}; "
+              "continue with --resume")
+        return dict(stopped_by="signal", epoch=epoch, step=step)
+
+    final = evaluate_accuracy(model, test_set, cfg["eval_batch_size"], device)
+    train_seconds = time.time() - start
+    save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, None,
+          dict(config=cfg, dataset=train_set.name, classes=train_set.classes, history=history))
+    summary = dict(
+        model=cfg["model"], dataset=train_set.name, temperature=model.temperature,
+        nonlinearity=model.nonlinearity, parameters=model.num_parameters(),
+        test_accuracy=final["top1"], test_top5=final["top5"],
+        epochs=epoch + step / steps_per_epoch, train_seconds=round(train_seconds, 1),
+        images_per_second=round(images_seen / max(1e-9, train_loop_seconds), 1),
+        train_images=len(train_set), test_images=len(test_set), stopped_by=stopped_by,
+        device=str(device), history=history)
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary

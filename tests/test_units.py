@@ -1,0 +1,156 @@
+"""DAU maths: efficient layers against the literal, materialised eq. 1 (float64)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codanet import DAU, DAUConv2d, DAULinear, explanation_mode
+from codanet.nn import rescale
+from codanet.nn.reference import dau_conv2d_reference, dau_reference, layer_matrix
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+def _randomise_bias(layer):
+    with torch.no_grad():
+        layer.b.normal_()
+
+
+@pytest.mark.parametrize("nonlinearity", ["sq", "l2"])
+@pytest.mark.parametrize("k,stride,padding,rank,bias", [
+    (3, 1, None, 4, True), (3, 2, 1, 2, True), (1, 1, 0, 5, True), (5, 2, 0, 3, True),
+    (2, 1, 1, 1, True), (3, 3, 2, 6, False), (4, 2, 3, 3, True),
+])
+def test_conv_layer_matches_materialised_reference(nonlinearity, k, stride, padding, rank, bias):
+    layer = DAUConv2d(3, 5, k, rank, stride=stride, padding=padding, nonlinearity=nonlinearity,
+                      bias=bias).double()
+    if bias:
+        _randomise_bias(layer)
+    x = torch.rand(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    params = [layer.A, layer.B] + ([layer.b] if bias else [])
+    out = layer(x)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x] + params, g)
+
+    # the literal formula on the same parameters, in the paper's notation
+    A = layer.A.detach().clone().requires_grad_()
+    B = layer.B.detach().clone().requires_grad_()
+    b = (layer.b if bias else torch.zeros(5, 3, k, k, dtype=torch.float64)).detach().clone().requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    ref = dau_conv2d_reference(xr, A.flatten(2).transpose(1, 2), B.flatten(1), b.flatten(1), k,
+                               stride, layer.padding, nonlinearity)
+    ref_grads = torch.autograd.grad(ref, [xr, A, B] + ([b] if bias else []), g)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) <= 1e-9
+    for got, want in zip(grads, ref_grads):
+        assert _rel(got, want) <= 1e-9
+
+
+@pytest.mark.parametrize("nonlinearity", ["sq", "l2"])
+def test_linear_layer_and_single_unit_match_reference(nonlinearity):
+    layer = DAULinear(7, 4, 3, nonlinearity=nonlinearity).double()
+    _randomise_bias(layer)
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    A, B, b = layer.paper_matrices()
+    ref = dau_reference(x, A, B, b, nonlinearity)
+    out = layer(x)
+    assert _rel(out, ref) <= 1e-9
+    gx = torch.autograd.grad(out.sum(), x)[0]
+    gref = torch.autograd.grad(ref.sum(), x)[0]
+    assert _rel(gx, gref) <= 1e-9
+    # the materialised weights w_j(x) reproduce the outputs
+    w = layer.linear_weights(x)
+    assert _rel((w * x[:, None]).sum(-1), out) <= 1e-9
+    unit = DAU(7, 2, nonlinearity=nonlinearity).double()
+    assert unit(x).shape == (5,)
+
+
+def test_paper_matrices_shapes_and_unfold_order():
+    layer = DAUConv2d(3, 4, 3, 2, bias=True).double()
+    A, B, b = layer.paper_matrices()
+    assert A.shape == (4, 27, 2) and B.shape == (2, 27) and b.shape == (4, 27)
+    x = torch.rand(1, 3, 5, 5, dtype=torch.float64)
+    patches = F.unfold(x, 3, padding=1)                      # (1, 27, 25)
+    z = B @ patches[0]                                       # (2, 25)
+    assert torch.allclose(z.t().reshape(5, 5, 2).permute(2, 0, 1),
+                          F.conv2d(x, layer.B, padding=1)[0])
+
+
+@pytest.mark.parametrize("nonlinearity", ["sq", "l2"])
+def test_output_bounded_by_input_norm(nonlinearity):
+    """eq. 3: |DAU(x)| <= ||x|| for every unit, every position."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        layer = DAUConv2d(4, 6, 3, 5, nonlinearity=nonlinearity).double()
+        with torch.no_grad():
+            layer.A.mul_(10 ** (seed - 2))
+            layer.b.normal_(0, 10 ** (seed - 2))
+        x = torch.randn(3, 4, 6, 6, dtype=torch.float64) * 10 ** (seed - 2)
+        out = layer(x)
+        norms = F.unfold(x, 3, padding=1).norm(dim=1).view(3, 1, 6, 6)
+        assert (out.abs() <= norms * (1 + 1e-12)).all()
+        lin = DAULinear(8, 3, 2, nonlinearity=nonlinearity).double()
+        v = torch.randn(10, 8, dtype=torch.float64) * 10 ** (seed - 2)
+        assert (lin(v).abs() <= v.norm(dim=1, keepdim=True) * (1 + 1e-12)).all()
+
+
+@pytest.mark.parametrize("nonlinearity", ["sq", "l2"])
+def test_zero_vector_gives_finite_values_and_gradients(nonlinearity):
+    u = torch.zeros(3, 5, requires_grad=True)
+    g = rescale(u, nonlinearity)
+    g.sum().backward()
+    assert torch.isfinite(g).all() and torch.isfinite(u.grad).all()
+    layer = DAUConv2d(2, 3, 3, 2, nonlinearity=nonlinearity, bias=False)
+    x = torch.zeros(1, 2, 4, 4, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert torch.isfinite(layer.A.grad).all() and torch.isfinite(layer.B.grad).all()
+
+
+def test_explanation_gradient_equals_product_of_layer_matrices():
+    """eq. 7: the explanation-mode gradient of a 3-layer net is the product W_3 W_2 W_1."""
+    torch.manual_seed(1)
+    layers = torch.nn.Sequential(
+        DAUConv2d(2, 3, 3, 2), DAUConv2d(3, 4, 3, 3, stride=2), DAUConv2d(4, 2, 1, 2)).double()
+    for layer in layers:
+        _randomise_bias(layer)
+    x = torch.rand(2, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        a1 = layers[0](x[None])[0]
+        a2 = layers[1](a1[None])[0]
+    W = layer_matrix(layers[2], a2) @ layer_matrix(layers[1], a1) @ layer_matrix(layers[0], x)
+    with torch.no_grad():
+        out = layers(x[None])[0].flatten()
+    assert _rel(W @ x.flatten(), out) <= 1e-10               # eq. 6: a_L = W_{0->L}(x) x
+
+    xg = x[None].clone().requires_grad_()
+    with explanation_mode(layers):
+        out_e = layers(xg).flatten()
+        rows = torch.stack([torch.autograd.grad(out_e[i], xg, retain_graph=True)[0].flatten()
+                            for i in range(out_e.numel())])
+    assert _rel(rows, W) <= 1e-10
+    # outside explanation mode the gradient differs (the dynamic weights also depend on x)
+    xg2 = x[None].clone().requires_grad_()
+    g_normal = torch.autograd.grad(layers(xg2).flatten()[0], xg2)[0].flatten()
+    assert not torch.allclose(g_normal, W[0])
+
+
+def test_explanation_mode_restores_flags_after_exception():
+    net = torch.nn.Sequential(DAUConv2d(2, 2, 3, 2), DAUConv2d(2, 2, 3, 2))
+    with pytest.raises(RuntimeError):
+        with explanation_mode(net):
+            assert all(m.explanation_mode for m in net)
+            raise RuntimeError("boom")
+    assert not any(m.explanation_mode for m in net)
+
+
+def test_layer_attributes_like_conv2d():
+    layer = DAUConv2d(3, 8, 5, 4, stride=2)
+    assert (layer.kernel_size, layer.stride, layer.padding, layer.nonlinearity) == (5, 2, 2, "sq")
+    assert layer.in_channels == 3 and layer.out_channels == 8 and layer.rank == 4
+    with pytest.raises(ValueError, match="nonlinearity"):
+        DAUConv2d(3, 8, 3, 4, nonlinearity="relu")
+    with pytest.raises(ValueError, match="shape"):
+        layer(torch.rand(1, 4, 8, 8))
