@@ -105,8 +105,13 @@ class _DAUBase(nn.Module):
             z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
         Ap = self.augmented_A().flatten(2)                       # (out, r', d)
         gram = Ap @ Ap.transpose(1, 2)                            # (out, r', r')
-        zg = (z @ gram.permute(2, 0, 1).flatten(1)).unflatten(-1, gram.shape[:2])  # (N,P,out,r') = G_j z'
-        squared_norm = contract(zg, z)                            # z'^T G_j z'
+        out, r1 = gram.shape[:2]
+        if r1 < out:    # cheaper: outer products z'z'^T (r'^2 per position), one GEMM with all G_j
+            zz = (z.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)              # (N, P, r'^2)
+            squared_norm = zz @ gram.flatten(1).t()                           # (N, P, out)
+        else:           # cheaper: G_j z' for every unit (out*r' per position), then z'^T (G_j z')
+            zg = (z @ gram.permute(2, 0, 1).flatten(1)).unflatten(-1, (out, r1))
+            squared_norm = contract(zg, z)
         return z, rescale_factor(squared_norm, self.nonlinearity)
 
     def apply_weights(self, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

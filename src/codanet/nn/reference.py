@@ -32,20 +32,21 @@ def dau_conv2d_reference(x, A, B, b, kernel_size, stride, padding, nonlinearity=
     return out.unflatten(2, (h, out.shape[2] // h))
 
 
-def layer_matrix(layer, a):
+def layer_matrix(layer, a, matrices=None):
     """W_l(a) of eq. 5 for one sample a: (C_in, H, W), as a dense (C_out*H'*W', C_in*H*W) matrix.
 
     Row (j, position) is w_j at that position, scattered into the input's coordinates
-    (F.fold is the adjoint of unfold).  Built from the materialised weights.
+    (F.fold is the adjoint of unfold).  Built from the materialised weights; `matrices`
+    (A, B, b) in the paper's notation replace layer.paper_matrices() (e.g. to keep gradients).
     """
-    A, B, b = (t.to(a.dtype) for t in layer.paper_matrices())
+    A, B, b = (t.to(a.dtype) for t in (matrices or layer.paper_matrices()))
     k, s, p = layer.kernel_size, layer.stride, layer.padding
     w, _ = dau_conv2d_weights(a.unsqueeze(0), A, B, b, k, s, p, layer.nonlinearity)
     w = w[0]                                                     # (C_out, d, L)
     c_out, d, L = w.shape
     rows = w.permute(0, 2, 1).reshape(c_out * L, d)
     # Row r only touches its own position: place its d values into an unfold layout, then fold.
-    cols = torch.zeros(c_out * L, d, L, dtype=a.dtype)
     idx = torch.arange(c_out * L)
-    cols[idx, :, idx % L] = rows
+    mask = (idx[:, None] % L == torch.arange(L)).to(a.dtype)          # (rows, L) one-hot position
+    cols = rows[:, :, None] * mask[:, None, :]
     return F.fold(cols, a.shape[1:], k, padding=p, stride=s).flatten(1)
