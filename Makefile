@@ -31,6 +31,9 @@ test: setup
 demo: setup
 	$(PY) -m codanet demo --out runs/demo
 
+fuzz: setup
+	CODANET_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz.py
+
 bench: setup
 	$(PY) -m codanet bench layers --json runs/bench/layers.json
 

@@ -113,3 +113,16 @@ def test_torch_hub_local_load():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     m = torch.hub.load(repo, "coda_s", source="local", num_classes=10)
     assert isinstance(m, codanet.CoDANet) and m.num_classes == 10
+
+
+@pytest.mark.parametrize("name,size", [("coda_cpu", 14), ("coda_s", 16), ("coda_l", 24)])
+def test_explain_all_equals_single_class_explanations(name, size):
+    model = codanet.create_model(name, num_classes=5, channels=[4] * 8 + [5], ranks=[3] * 9).double()
+    x = torch.rand(2, model.in_channels, size, size, dtype=torch.float64)
+    allc = model.explain_all(x)
+    assert allc["contributions"].shape == (2, 5, size, size)
+    for k in range(5):
+        one = model.explain(x, target=k)
+        assert torch.allclose(allc["linear_map"][:, k], one["linear_map"], rtol=1e-9, atol=1e-12)
+        assert torch.allclose(allc["contributions"][:, k], one["contributions"], rtol=1e-9, atol=1e-12)
+    assert torch.allclose(allc["logits"], one["logits"], rtol=1e-12)

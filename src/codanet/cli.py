@@ -29,10 +29,52 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a checkpoint on its test split")
-    e.add_argument("checkpoint")
+    e = sub.add_parser("evaluate", help="accuracy (default), localisation or pixel-removal of a checkpoint",
+                       usage="codanet evaluate [accuracy|localisation|pixel-removal] CHECKPOINT [options]")
+    e.add_argument("what", nargs="+", metavar="[METRIC] CHECKPOINT")
     e.add_argument("--data-dir", default=None, help="override the dataset folder")
-    e.add_argument("--json", help="write the result here")
+    e.add_argument("--dataset", default=None, help="evaluate on another (compatible) dataset")
+    e.add_argument("--json", help="write the result here (a PNG figure is written beside it)")
+    e.add_argument("--methods", default=None,
+                   help="comma-separated: CoDA,Grad,IxG,IntGrad,DeepLIFT,GradCAM,Occ5,Occ9,RISE,LIME")
+    e.add_argument("--grids", type=int, default=100, help="localisation: number of grids")
+    e.add_argument("--n", type=int, default=3, help="localisation: grid size n (n x n)")
+    e.add_argument("--images", type=int, default=256, help="pixel removal: number of test images")
+    e.add_argument("--steps", type=int, default=128, help="pixel removal: removal steps up to 25 %%")
+    e.add_argument("--most-first", action="store_true", help="pixel removal: most important first")
+    e.add_argument("--seed", type=int, default=0)
+
+    x = sub.add_parser("experiment", help="the paper's DAU experiments on MNIST digits (Fig. 2, Fig. 3)")
+    xsub = x.add_subparsers(dest="experiment", required=True)
+    xe = xsub.add_parser("eigenvectors", help="Fig. 3: eigenvectors of AB of a rank-3 DAU encode the digits")
+    xe.add_argument("--out", default="runs/eigenvectors")
+    xe.add_argument("--n", type=int, default=3072, help="noisy samples")
+    xe.add_argument("--noise", type=float, default=1.0, help="std of the Gaussian noise (pixels in [0, 1])")
+    xe.add_argument("--digits", default="0,1,2", help="indices of 3 digits in MNIST-5k's train split")
+    xe.add_argument("--steps", type=int, default=400)
+    xe.add_argument("--seed", type=int, default=0)
+    xd = xsub.add_parser("digits", help="Fig. 2: weights of a DAU layer and a 5-layer net on noisy digits")
+    xd.add_argument("--out", default="runs/digits")
+    xd.add_argument("--noise", type=float, default=0.5)
+    xd.add_argument("--epochs-single", type=int, default=15)
+    xd.add_argument("--epochs-deep", type=int, default=6)
+    xd.add_argument("--seed", type=int, default=0)
+    xt = xsub.add_parser("temperature", help="Fig. 4 / Fig. 6 right: train coda_cpu at several T, "
+                                            "localisation and pixel removal against T")
+    xt.add_argument("--out", default="runs/demo/temperature")
+    xt.add_argument("--temperatures", default="49,250,1000")
+    xt.add_argument("--minutes", type=float, default=5.0, help="training budget per model")
+    xt.add_argument("--grids", type=int, default=50)
+    xt.add_argument("--images", type=int, default=256)
+    xt.add_argument("--data-dir", default=None)
+
+    r = sub.add_parser("report", help="write RUN_DIR/report.html (accuracy, maps, metrics, costs)")
+    r.add_argument("run_dir")
+
+    bm = bsub.add_parser("models", help="whole-model training/inference speed and explanation cost")
+    bm.add_argument("--repeats", type=int, default=3)
+    bm.add_argument("--no-reference", action="store_true", help="skip the (slow) materialised reference model")
+    bm.add_argument("--json", help="write the results here")
 
     m = sub.add_parser("models", help="list the registered models with their parameter counts")
     m.add_argument("--counts", action="store_true")
@@ -60,6 +102,16 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    kinds = ("accuracy", "localisation", "pixel-removal")
+    if len(args.what) == 1:
+        kind, checkpoint = "accuracy", args.what[0]
+    elif len(args.what) == 2 and args.what[0] in kinds:
+        kind, checkpoint = args.what
+    else:
+        raise UsageError(f"expected [{'|'.join(kinds)}] CHECKPOINT, got {' '.join(args.what)}")
+    args.checkpoint = checkpoint
+    if kind != "accuracy":
+        return _evaluate_metric(kind, args)
     from .train import evaluate_accuracy, load_model
     from .data import load_dataset
     from .utils.io import write_json
@@ -79,18 +131,91 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _evaluate_metric(kind, args) -> int:
+    from .evaluate.runner import format_table, run
+    for name in ("grids", "n", "images", "steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    summary = run(kind, args.checkpoint, methods, n=args.n, grids=args.grids, images=args.images,
+                  steps=args.steps, most_first=args.most_first, dataset=args.dataset, data_dir=args.data_dir,
+                  out=args.json, seed=args.seed)
+    print(format_table(summary))
+    if args.json:
+        print(f"wrote {args.json} and {summary['figure']}")
+    return 0
+
+
+def _experiment(args) -> int:
+    import os
+    from .utils.io import write_json
+    os.makedirs(args.out, exist_ok=True)
+    if args.experiment == "eigenvectors":
+        from .experiments import eigenvectors as ev
+        try:
+            idx = tuple(int(v) for v in args.digits.split(","))
+        except ValueError:
+            raise UsageError(f"--digits expects comma-separated integers, got {args.digits!r}") from None
+        if len(idx) != 3 or min(idx) < 0 or max(idx) >= 4000:
+            raise UsageError(f"--digits expects 3 indices in [0, 3999], got {args.digits!r}")
+        if args.n < 3 or args.noise < 0 or args.steps < 1:
+            raise UsageError("--n must be >= 3, --noise >= 0 and --steps >= 1")
+        result = ev.run(idx, args.n, args.noise, args.steps, args.seed)
+        fig = ev.plot(result, os.path.join(args.out, "eigenvectors.png"))
+        public = ev.public(result)
+        write_json(os.path.join(args.out, "eigenvectors.json"), public)
+        print(f"best |cos| per digit: {', '.join(f'{c:.3f}' for c in public['best_cosine'])}; principal-angle "
+              f"cosines: {', '.join(f'{c:.3f}' for c in public['principal_angle_cosines'])}; wrote {fig}")
+        return 0
+    if args.experiment == "digits":
+        from .experiments import digits
+        if args.noise < 0 or args.epochs_single < 1 or args.epochs_deep < 1:
+            raise UsageError("--noise must be >= 0 and the epoch counts >= 1")
+        result = digits.run(args.noise, args.seed, args.epochs_single, args.epochs_deep, args.out)
+        write_json(os.path.join(args.out, "digits.json"), result)
+        for key in ("single_layer", "five_layer"):
+            r = result[key]
+            print(f"{key}: test accuracy {r['accuracy']:.4f}; cos(w_label, x) correct {r['cos_w_input_correct']:.3f} "
+                  f"vs misclassified {r['cos_w_input_misclassified']:.3f}; cos(w_label, clean) {r['cos_w_clean']:.3f} "
+                  f"vs cos(w_label, noise) {r['cos_w_noise']:.3f}")
+        return 0
+    if args.experiment == "temperature":
+        from .experiments import temperature
+        try:
+            temps = [float(t) for t in args.temperatures.split(",")]
+        except ValueError:
+            raise UsageError(f"--temperatures expects comma-separated numbers, got {args.temperatures!r}") from None
+        if not temps or min(temps) <= 0 or args.minutes <= 0:
+            raise UsageError("temperatures and --minutes must be positive")
+        result = temperature.run(temps, args.out, args.minutes, args.grids, args.images, args.data_dir)
+        print(temperature.format_table(result))
+        return 0
+    return 2
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .utils.perf import keep_freed_memory
     keep_freed_memory()
     try:
         if args.command == "bench":
+            if args.bench == "models":
+                from .bench import models as bench_models
+                return bench_models.main(args)
             from .bench import layers
             return layers.main(args)
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "experiment":
+            return _experiment(args)
+        if args.command == "report":
+            from .report import build_report
+            if not __import__("os").path.isdir(args.run_dir):
+                raise FileNotFoundError(f"run folder {args.run_dir} does not exist")
+            print(f"wrote {build_report(args.run_dir)}")
+            return 0
         if args.command == "models":
             from . import create_model, list_models
             for name in list_models():

@@ -2,8 +2,9 @@
 
 Trains the CPU preset (coda_cpu) on full Fashion-MNIST within a ~15-minute budget on 2 cores
 (configs/fashion_mnist_demo.json), reports the test accuracy, and writes into runs/demo/:
-the checkpoint (model.safetensors + checkpoints/), summary.json, log.csv and
-contribution_maps.png (16 test images in the layout of the paper's Fig. 2).
+the checkpoint (model.safetensors + checkpoints/), summary.json, log.csv,
+contribution_maps.png (16 test images in the layout of the paper's Fig. 2), the two metrics
+(eval/localisation.json|png, eval/pixel_removal.json|png) and report.html.
 """
 from __future__ import annotations
 
@@ -42,7 +43,23 @@ def main(args) -> int:
                                        "input | predicted class | strongest other class")
     summary["figures"] = [os.path.basename(maps)]
     write_json(os.path.join(out, "summary.json"), summary)
+    evaluate_and_report(out)
     print(f"demo: test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']:.2f} epochs "
           f"({summary['train_seconds']:.0f} s, {summary['images_per_second']:.0f} images/s); "
           f"contribution maps in {maps}")
     return 0
+
+
+DEMO_METHODS = ["CoDA", "Grad", "IxG", "IntGrad", "DeepLIFT", "GradCAM", "Occ5", "Occ9"]
+
+
+def evaluate_and_report(out: str, grids: int = 100, images: int = 256, steps: int = 32) -> None:
+    """The paper's two metrics for the demo model, then report.html."""
+    from .evaluate.runner import format_table, run
+    from .report import build_report
+    ckpt = os.path.join(out, "model.safetensors")
+    for kind, key, kw in (("localisation", "localisation", dict(grids=grids)),
+                          ("pixel-removal", "pixel_removal", dict(images=images, steps=steps))):
+        result = run(kind, ckpt, DEMO_METHODS, out=os.path.join(out, "eval", key + ".json"), **kw)
+        print(f"{kind}:\n{format_table(result)}")
+    print(f"report: {build_report(out)}")

@@ -77,7 +77,7 @@ class CoDANet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) for images x in [0, 1] of shape (N, C, H, W)."""
         check_images(x, self.in_channels)
-        return self.forward_encoded(encode(x))
+        return self.forward_encoded(encode(x.to(self.dtype)))
 
     def forward_encoded(self, x_encoded: torch.Tensor) -> torch.Tensor:
         """Logits for an already encoded input (N, 2C, H, W), e.g. with pixels removed."""
@@ -111,7 +111,7 @@ class CoDANet(nn.Module):
           channel_contributions (N, 2C, H, W) -- the same before summing over channels.
         """
         check_images(x, self.in_channels)
-        x_encoded = encode(x.detach()).requires_grad_(True)
+        x_encoded = encode(x.detach().to(self.dtype)).requires_grad_(True)
         with explanation_mode(self), torch.enable_grad():
             logits = self.forward_encoded(x_encoded)
             target = self._targets(target, logits)
@@ -124,16 +124,36 @@ class CoDANet(nn.Module):
                     channel_contributions=channel_contributions,
                     contributions=channel_contributions.sum(1))
 
+    @torch.no_grad()
     def explain_all(self, x: torch.Tensor) -> dict:
-        """Contributions for every class at once: linear_map (N, K, 2C, H, W), contributions
-        (N, K, H, W).  The batch is repeated once per class and explained in one pass."""
+        """Rows of W_{0->L}(x)/T for every class in one forward and one batched backward pass.
+
+        Returns logits (N, K), linear_map (N, K, 2C, H, W), contributions (N, K, H, W);
+        equal to `explain(x, target=k)` for every k.  The backward pass runs all K gradients
+        through each layer's materialised weights (`DAUConv2d.backproject`).
+        """
         check_images(x, self.in_channels)
+        x = x.to(self.dtype)
+        a = encode(x)
+        saved = []
+        for layer in self.layers:                       # forward, keeping each layer's w(x)
+            z, alpha = layer.dynamic_weights(a)
+            saved.append((a.shape, z, alpha))
+            a = layer.apply_weights(a, z, alpha)
+        logits = a.sum((2, 3)) / self.temperature + self.logit_bias
         n, k = x.shape[0], self.num_classes
-        targets = torch.arange(k, device=x.device).repeat(n)
-        out = self.explain(x.repeat_interleave(k, 0), target=targets)
-        lm = out["linear_map"].unflatten(0, (n, k))
-        return dict(logits=out["logits"][::k], linear_map=lm,
-                    contributions=out["contributions"].unflatten(0, (n, k)))
+        eye = torch.eye(k, dtype=a.dtype, device=a.device) / self.temperature
+        grad = eye[None, :, :, None, None].expand(n, k, k, *a.shape[2:])   # d logit_k / d a_L
+        for layer, (shape, z, alpha) in zip(reversed(self.layers), reversed(saved)):
+            grad = layer.backproject(grad, layer.weights_per_position(z, alpha), shape)
+        x_encoded = encode(x)
+        return dict(logits=logits, prediction=logits.argmax(1), linear_map=grad,
+                    contributions=(grad * x_encoded[:, None]).sum(2))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype; inputs are cast to it."""
+        return self.layers[0].A.dtype
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

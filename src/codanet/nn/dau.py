@@ -103,16 +103,19 @@ class _DAUBase(nn.Module):
         z = self._project(x, self.B)
         if self.b is not None:
             z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
-        Ap = self.augmented_A().flatten(2)                       # (out, r', d)
-        gram = Ap @ Ap.transpose(1, 2)                            # (out, r', r')
-        out, r1 = gram.shape[:2]
-        if r1 < out:    # cheaper: outer products z'z'^T (r'^2 per position), one GEMM with all G_j
-            zz = (z.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)              # (N, P, r'^2)
-            squared_norm = zz @ gram.flatten(1).t()                           # (N, P, out)
-        else:           # cheaper: G_j z' for every unit (out*r' per position), then z'^T (G_j z')
-            zg = (z @ gram.permute(2, 0, 1).flatten(1)).unflatten(-1, (out, r1))
-            squared_norm = contract(zg, z)
-        return z, rescale_factor(squared_norm, self.nonlinearity)
+        # The norms stay in float32 (or float64) even under bf16/fp16 autocast.
+        with torch.autocast(z.device.type, enabled=False):
+            zn = z if z.dtype in (torch.float32, torch.float64) else z.float()
+            Ap = self.augmented_A().flatten(2).to(zn.dtype)           # (out, r', d)
+            gram = Ap @ Ap.transpose(1, 2)                            # (out, r', r')
+            out, r1 = gram.shape[:2]
+            if r1 < out:    # cheaper: outer products z'z'^T (r'^2 per position), one GEMM with all G_j
+                zz = (zn.unsqueeze(-1) * zn.unsqueeze(-2)).flatten(-2)            # (N, P, r'^2)
+                squared_norm = zz @ gram.flatten(1).t()                           # (N, P, out)
+            else:           # cheaper: G_j z' for every unit (out*r' per position), then z'^T (G_j z')
+                zg = (zn @ gram.permute(2, 0, 1).flatten(1)).unflatten(-1, (out, r1))
+                squared_norm = contract(zg, zn)
+            return z, rescale_factor(squared_norm, self.nonlinearity)
 
     def apply_weights(self, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """w_j^T x = alpha_j * z'^T (A'_j^T x) for given dynamic weights: linear in x."""

@@ -50,3 +50,25 @@ def layer_matrix(layer, a, matrices=None):
     mask = (idx[:, None] % L == torch.arange(L)).to(a.dtype)          # (rows, L) one-hot position
     cols = rows[:, :, None] * mask[:, None, :]
     return F.fold(cols, a.shape[1:], k, padding=p, stride=s).flatten(1)
+
+
+class MaterialisedDAUConv2d(torch.nn.Module):
+    """A DAUConv2d that runs the literal eq. 1 (for whole-model benchmarks); same parameters."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        l = self.layer  # noqa: E741
+        A, B = l.A.flatten(2).transpose(1, 2), l.B.flatten(1)
+        b = l.b.flatten(1) if l.b is not None else A.new_zeros(A.shape[:2])
+        return dau_conv2d_reference(x, A, B, b, l.kernel_size, l.stride, l.padding, l.nonlinearity)
+
+
+def materialised_model(model):
+    """A deep copy of a CoDANet whose layers run the materialised reference."""
+    import copy
+    ref = copy.deepcopy(model)
+    ref.layers = torch.nn.Sequential(*[MaterialisedDAUConv2d(layer) for layer in ref.layers])
+    return ref

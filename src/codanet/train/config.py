@@ -14,7 +14,7 @@ DEFAULTS: dict = dict(
     model="coda_cpu", nonlinearity="sq", temperature=None, rank=None,
     dataset="fashion_mnist", data_dir=None, max_train_images=None, max_test_images=None,
     epochs=3, batch_size=64, accumulate=1,
-    optimizer="adam", lr=1e-3, schedule="constant", lr_step_epochs=30, lr_gamma=1 / 1.5,
+    optimizer="adam", momentum=0.0, lr=1e-3, schedule="constant", lr_step_epochs=30, lr_gamma=1 / 1.5,
     warmup_epochs=0, warmup_start_lr=2.5e-4, final_lr_fraction=0.05,
     lam=0.0,
     augment="none", crop_padding=4, randaugment_n=2, randaugment_m=10.0,
@@ -32,7 +32,7 @@ HELP = dict(
     max_train_images="use only the first N training images (null: all)",
     max_test_images="evaluate on the first N test images (null: all)",
     epochs="number of epochs", batch_size="images per step", accumulate="steps per optimiser update",
-    optimizer="adam", lr="base learning rate",
+    optimizer="adam (the paper's) or sgd", momentum="SGD momentum", lr="base learning rate",
     schedule="constant | step (lr*gamma^floor(epoch/lr_step_epochs)) | warmup (linear from "
              "warmup_start_lr to lr over warmup_epochs, then step) | linear (to lr*final_lr_fraction)",
     lr_step_epochs="epochs per step of the step schedule", lr_gamma="factor per step",
@@ -48,13 +48,13 @@ HELP = dict(
     max_minutes="stop training after this many minutes (null: no limit)",
 )
 
-_CHOICES = dict(nonlinearity=("sq", "l2"), optimizer=("adam",), device=("auto", "cpu", "cuda"),
+_CHOICES = dict(nonlinearity=("sq", "l2"), optimizer=("adam", "sgd"), device=("auto", "cpu", "cuda"),
                 schedule=("constant", "step", "warmup", "linear"),
                 augment=("none", "crop_flip", "randaugment"))
 _POSITIVE_INT = ("epochs", "batch_size", "accumulate", "lr_step_epochs", "checkpoint_every_steps",
                  "keep_checkpoints", "eval_batch_size", "randaugment_n")
 _OPTIONAL_POSITIVE_INT = ("max_train_images", "max_test_images", "threads", "rank")
-_NONNEG_FLOAT = ("lam", "warmup_epochs", "crop_padding", "randaugment_m")
+_NONNEG_FLOAT = ("momentum", "lam", "warmup_epochs", "crop_padding", "randaugment_m")
 _POSITIVE_FLOAT = ("lr", "lr_gamma", "warmup_start_lr", "final_lr_fraction")
 _OPTIONAL_POSITIVE_FLOAT = ("temperature", "max_minutes")
 

@@ -8,6 +8,7 @@ machine and thread count).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from ..data import load_dataset, make_batch
 from ..models import create_model
 from ..utils.io import atomic_path, write_json
+from . import distributed
 from .checkpoint import checkpoint_files, load_into, prune, save_checkpoint
 from .loss import coda_loss
 
@@ -74,20 +76,23 @@ def load_splits(cfg: dict):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model, dataset, batch_size: int = 500, device="cpu", progress=False) -> dict:
-    """Top-1 and top-5 accuracy on `dataset`."""
+def evaluate_accuracy(model, dataset, batch_size: int = 500, device="cpu", progress=False, ctx=None) -> dict:
+    """Top-1 and top-5 accuracy on `dataset` (sharded over ranks when distributed)."""
+    ctx = ctx or distributed.Context()
     model.eval()
     top1 = top5 = 0
-    for start in tqdm(range(0, len(dataset), batch_size), desc="eval", leave=False, disable=not progress):
-        idx = range(start, min(len(dataset), start + batch_size))
+    shard = list(range(ctx.rank, len(dataset), ctx.world))
+    for start in tqdm(range(0, len(shard), batch_size), desc="eval", leave=False, disable=not progress):
+        idx = shard[start:start + batch_size]
         x = make_batch(dataset, idx, "none", None, train=False).to(device)
-        y = dataset.labels[start:start + len(idx)].to(device)
+        y = dataset.labels[idx].to(device)
         logits = model(x)
         k = min(5, logits.shape[1])
         top = logits.topk(k, 1).indices
         top1 += (top[:, 0] == y).sum().item()
         top5 += (top == y[:, None]).any(1).sum().item()
     model.train()
+    top1, top5 = ctx.sum([top1, top5])
     n = max(1, len(dataset))
     return {"top1": top1 / n, "top5": top5 / n}
 
@@ -115,8 +120,20 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+def _batch_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1009 + rank)
+
+
+class _LossModule(torch.nn.Module):
+    """model + loss in one forward, so DistributedDataParallel sees every parameter's use
+    (the lambda term runs its own forward through the layers)."""
+
+    def __init__(self, model, lam: float):
+        super().__init__()
+        self.model, self.lam = model, lam
+
+    def forward(self, x, y, generator):
+        return coda_loss(self.model, x, y, self.lam, generator)
 
 
 def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
@@ -126,14 +143,24 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
-    device = select_device(cfg["device"])
+    ctx = distributed.setup(select_device(cfg["device"]))
+    device = ctx.device
+    progress = progress and ctx.main
     train_set, test_set = load_splits(cfg)
     model = build_model(cfg, train_set.num_classes, train_set.channels).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    if cfg["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    step_loss = _LossModule(model, cfg["lam"])
+    if ctx.active:
+        step_loss = torch.nn.parallel.DistributedDataParallel(step_loss)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
 
     bs, acc = cfg["batch_size"], cfg["accumulate"]
+    if bs % ctx.world:
+        raise ValueError(f"batch_size {bs} (the global batch) must be divisible by the {ctx.world} processes")
     steps_per_epoch = (len(train_set) // (bs * acc)) * acc       # whole updates only
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one update "
@@ -144,8 +171,9 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
         if not files:
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         state = load_into(model, files[-1], optimizer)
-        saved = {k: v for k, v in state["config"].items() if k not in ("max_minutes",)}
-        now = {k: v for k, v in cfg.items() if k not in ("max_minutes",)}
+        free = ("max_minutes", "epochs")     # a resumed run may get more time or more epochs
+        saved = {k: v for k, v in state["config"].items() if k not in free}
+        now = {k: v for k, v in cfg.items() if k not in free}
         if saved != now:
             diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(now) if saved.get(k) != now.get(k)]
             raise ValueError(f"--resume: the config differs from the checkpoint's ({'; '.join(diffs)})")
@@ -161,11 +189,15 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
                     dataset=train_set.name, classes=train_set.classes)
 
     def checkpoint():
+        if not ctx.main:
+            return
         updates = epoch * (steps_per_epoch // acc) + step // acc
         save_checkpoint(os.path.join(ckpt_dir, f"step-{updates:09d}.safetensors"), model, optimizer, state_dict())
         prune(ckpt_dir, cfg["keep_checkpoints"])
 
     def write_log():
+        if not ctx.main:
+            return
         with atomic_path(log_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "test_top1", "test_top5", "lr", "seconds"])
             w.writeheader()
@@ -186,18 +218,20 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
                 lr = learning_rate(cfg, epoch + step / steps_per_epoch)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                gen = _batch_generator(cfg["seed"], epoch, step)
-                idx = perm[step * bs:(step + 1) * bs]
+                gen = _batch_generator(cfg["seed"], epoch, step, ctx.rank)
+                idx = perm[step * bs:(step + 1) * bs][ctx.rank::ctx.world]
                 x = make_batch(train_set, idx, cfg["augment"], gen, cfg["crop_padding"],
                                cfg["randaugment_n"], cfg["randaugment_m"]).to(device)
                 y = train_set.labels[idx].to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss, _, parts = coda_loss(model, x, y, cfg["lam"], gen)
+                sync = not ctx.active or step % acc == acc - 1    # DDP: all-reduce on the last micro-step
+                with contextlib.nullcontext() if sync else step_loss.no_sync():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        loss, _, parts = step_loss(x, y, gen)
+                    (loss / acc).backward()
                 if not math.isfinite(loss.item()):
                     raise TrainingStopped(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopping. "
                                           f"The last good checkpoint in {ckpt_dir} is intact (lower lr or "
                                           "check the data)")
-                (loss / acc).backward()
                 step += 1
                 images_seen += len(idx)
                 running += loss.item()
@@ -211,8 +245,8 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
                     elapsed = time.time() - start
                     updates = step // acc
                     over_time = cfg["max_minutes"] is not None and elapsed > 60 * cfg["max_minutes"]
-                    if stop.signal is not None or over_time:
-                        stopped_by = "signal" if stop.signal is not None else "time budget"
+                    if ctx.any(stop.signal is not None or over_time):
+                        stopped_by = "time budget" if over_time else "signal"
                         break
                     if updates % cfg["checkpoint_every_steps"] == 0 and step < steps_per_epoch:
                         checkpoint()
@@ -222,7 +256,7 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
             train_loop_seconds += time.time() - t_loop
             elapsed = time.time() - start
             if step >= steps_per_epoch:
-                metrics = evaluate_accuracy(model, test_set, cfg["eval_batch_size"], device)
+                metrics = evaluate_accuracy(model, test_set, cfg["eval_batch_size"], device, ctx=ctx)
                 history.append(dict(epoch=epoch + 1, train_loss=running / max(1, count),
                                     test_top1=metrics["top1"], test_top5=metrics["top5"], lr=lr,
                                     seconds=round(elapsed, 1)))
@@ -237,10 +271,12 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
               "continue with --resume")
         return dict(stopped_by="signal", epoch=epoch, step=step)
 
-    final = evaluate_accuracy(model, test_set, cfg["eval_batch_size"], device)
+    final = evaluate_accuracy(model, test_set, cfg["eval_batch_size"], device, ctx=ctx)
     train_seconds = time.time() - start
-    save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, None,
-          dict(config=cfg, dataset=train_set.name, classes=train_set.classes, history=history))
+    images_seen = ctx.sum([images_seen])[0]
+    if ctx.main:
+        save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, None,
+                        dict(config=cfg, dataset=train_set.name, classes=train_set.classes, history=history))
     summary = dict(
         model=cfg["model"], dataset=train_set.name, temperature=model.temperature,
         nonlinearity=model.nonlinearity, parameters=model.num_parameters(),
@@ -248,6 +284,8 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
         epochs=epoch + step / steps_per_epoch, train_seconds=round(train_seconds, 1),
         images_per_second=round(images_seen / max(1e-9, train_loop_seconds), 1),
         train_images=len(train_set), test_images=len(test_set), stopped_by=stopped_by,
-        device=str(device), history=history)
-    write_json(os.path.join(out_dir, "summary.json"), summary)
+        device=str(device), processes=ctx.world, history=history)
+    if ctx.main:
+        write_json(os.path.join(out_dir, "summary.json"), summary)
+    ctx.barrier()
     return summary

@@ -1,0 +1,135 @@
+"""`codanet bench models`: whole-model training and inference speed, explanation cost.
+
+Measured in one run on this machine, as ratios:
+  * training images/s (forward + backward + Adam step) of coda_s (32x32, batch 64) and the CPU
+    preset coda_cpu (28x28, batch 64), each against the same model built from the materialised
+    reference layers and against a ResNet-56 (CIFAR layout);
+  * inference images/s of the same models;
+  * contribution-map cost (one `explain`) against a forward pass;
+  * all-class explanation (`explain_all`, one batched pass) against 10 single-class explanations,
+    and against one single-class explanation.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..models import create_model
+from ..nn.reference import materialised_model
+from ..utils.io import write_json
+from .layers import matmul_gflops
+from .resnet import ResNet56
+
+
+def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _train_step(model, opt, x, y, k):
+    def step():
+        out = model(x) if not hasattr(model, "forward_encoded") else model(x)
+        loss = F.binary_cross_entropy_with_logits(out, F.one_hot(y, k).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def model_flops(model, x) -> float:
+    """Multiply-adds of the low-rank forward pass x2 (FLOPs), x3 for a training step."""
+    from .layers import layer_flops
+    total, a = 0.0, torch.cat([x, 1 - x], 1)
+    with torch.no_grad():
+        for layer in model.layers:
+            total += layer_flops(layer, a) / 3          # layer_flops counts forward + backward
+            a = layer(a)
+    return 3 * total
+
+
+def measure(name: str, size: int, channels: int, batch: int, repeats: int, with_reference: bool) -> dict:
+    torch.manual_seed(0)
+    k = 10
+    x, y = torch.rand(batch, channels, size, size), torch.randint(0, k, (batch,))
+    models = {"CoDA (low-rank)": create_model(name, num_classes=k, in_channels=channels)}
+    if with_reference:
+        models["CoDA (materialised)"] = materialised_model(models["CoDA (low-rank)"])
+    models["ResNet-56"] = ResNet56(k, channels)
+    row = {}
+    for label, m in models.items():
+        opt = torch.optim.Adam(m.parameters(), 1e-4)
+        m.train()
+        t_train = _median_time(_train_step(m, opt, x, y, k), repeats)
+        m.eval()
+        with torch.no_grad():
+            t_inf = _median_time(lambda: m(x), repeats)
+        row[label] = dict(train_images_per_second=batch / t_train, inference_images_per_second=batch / t_inf)
+    coda = models["CoDA (low-rank)"]
+    row["CoDA (low-rank)"]["train_gflops"] = model_flops(coda, x) / (batch / row["CoDA (low-rank)"]["train_images_per_second"]) / 1e9
+    xe = x[:16]
+    t_fwd = _median_time(lambda: coda(xe), repeats)
+    t_one = _median_time(lambda: coda.explain(xe, target=0), repeats)
+    t_all = _median_time(lambda: coda.explain_all(xe), repeats)
+    return dict(model=name, size=size, batch=batch, results=row,
+                explain=dict(forward_ms_per_image=1e3 * t_fwd / 16, explain_ms_per_image=1e3 * t_one / 16,
+                             explain_all_ms_per_image=1e3 * t_all / 16,
+                             explain_over_forward=t_one / t_fwd, all_class_over_single=t_all / t_one,
+                             all_class_over_ten_single=t_all / (10 * t_one)))
+
+
+def run(repeats: int = 3, with_reference: bool = True) -> dict:
+    from ..utils.perf import keep_freed_memory
+    keep_freed_memory()
+    mm = matmul_gflops()
+    out = [measure("coda_s", 32, 3, 64, repeats, with_reference),
+           measure("coda_cpu", 28, 1, 64, repeats, with_reference)]
+    for r in out:
+        res = r["results"]
+        coda = res["CoDA (low-rank)"]
+        r["ratios"] = dict(
+            train_vs_materialised=coda["train_images_per_second"] / res["CoDA (materialised)"]["train_images_per_second"]
+            if "CoDA (materialised)" in res else None,
+            train_vs_resnet56=coda["train_images_per_second"] / res["ResNet-56"]["train_images_per_second"],
+            inference_vs_materialised=coda["inference_images_per_second"] / res["CoDA (materialised)"]["inference_images_per_second"]
+            if "CoDA (materialised)" in res else None,
+            inference_vs_resnet56=coda["inference_images_per_second"] / res["ResNet-56"]["inference_images_per_second"],
+            train_flop_rate_vs_matmul=coda["train_gflops"] / mm)
+    return dict(matmul_gflops=mm, threads=torch.get_num_threads(), torch=torch.__version__, models=out)
+
+
+def format_table(result: dict) -> str:
+    lines = ["| model | input, batch | implementation | train img/s | inference img/s |", "|---|---|---|---|---|"]
+    for r in result["models"]:
+        for label, v in r["results"].items():
+            lines.append(f"| {r['model']} | {r['size']}x{r['size']}, {r['batch']} | {label} | "
+                         f"{v['train_images_per_second']:.1f} | {v['inference_images_per_second']:.1f} |")
+    lines += ["", "| model | train vs materialised | train vs ResNet-56 | inference vs materialised | inference vs ResNet-56 "
+              "| train FLOP rate / matmul | explain / forward | all-class / single | all-class / 10 single |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
+    for r in result["models"]:
+        q, e = r["ratios"], r["explain"]
+        lines.append(f"| {r['model']} | {fmt(q['train_vs_materialised'])} | {fmt(q['train_vs_resnet56'])} | "
+                     f"{fmt(q['inference_vs_materialised'])} | {fmt(q['inference_vs_resnet56'])} | "
+                     f"{100 * q['train_flop_rate_vs_matmul']:.0f} % | {e['explain_over_forward']:.2f}x | "
+                     f"{e['all_class_over_single']:.2f}x | {e['all_class_over_ten_single']:.2f}x |")
+    lines.append(f"\nsame-run matmul: {result['matmul_gflops']:.0f} GFLOP/s on {result['threads']} threads")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    result = run(args.repeats, not args.no_reference)
+    print(format_table(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,268 @@
+"""Post-hoc attribution methods behind one interface, `method.attribute(inputs, target) -> (N, H, W)`.
+
+All methods explain the same CoDA-Net through the same input: gradient methods differentiate the
+logit w.r.t. the raw image (the encoding [x, 1-x] is part of the model, as in the paper's wrapper)
+and sum over colour channels; perturbation methods (Occlusion, RISE, LIME) remove pixels in the
+encoded input by zeroing all of its channels -- the same removal the pixel-removal metric uses.
+Captum provides Grad, IxG, IntGrad, DeepLIFT, GradCAM, Occlusion and LIME; RISE is ours.
+Parameters default to the paper's (REFERENCE.md sec. 4); every one is a constructor argument.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.coda_net import check_images, encode
+from .contributions import CoDAContributions
+
+
+class _Raw(nn.Module):
+    """The model as a function of the raw image (for Captum)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_encoded(encode(x))
+
+
+class _Encoded(nn.Module):
+    """The model as a function of the encoded input (perturbation methods)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_encoded):
+        return self.model.forward_encoded(x_encoded)
+
+
+class Attribution:
+    """Base class: subclasses implement `_attribute(x, target)` returning (N, H, W)."""
+
+    name = "?"
+
+    def __init__(self, model):
+        self.model = model
+        self.evaluations_per_image = 1
+
+    def attribute(self, inputs: torch.Tensor, target=None) -> torch.Tensor:
+        check_images(inputs, self.model.in_channels)
+        if target is None:
+            with torch.no_grad():
+                target = self.model(inputs).argmax(1)
+        target = torch.as_tensor(target, device=inputs.device).long().expand(len(inputs))
+        with torch.enable_grad():
+            return self._attribute(inputs.detach(), target).detach()
+
+
+class CoDA(Attribution):
+    """The model-inherent contributions (eq. 8)."""
+
+    name = "CoDA"
+
+    def _attribute(self, x, target):
+        return CoDAContributions(self.model).attribute(x, target)
+
+
+class Grad(Attribution):
+    name = "Grad"
+
+    def _attribute(self, x, target):
+        from captum.attr import Saliency
+        return Saliency(_Raw(self.model)).attribute(x, target=target, abs=False).sum(1)
+
+
+class InputXGradient(Attribution):
+    name = "IxG"
+
+    def _attribute(self, x, target):
+        from captum.attr import InputXGradient as IxG
+        return IxG(_Raw(self.model)).attribute(x, target=target).sum(1)
+
+
+class IntegratedGradients(Attribution):
+    name = "IntGrad"
+
+    def __init__(self, model, steps: int = 20):
+        super().__init__(model)
+        self.steps = steps
+        self.evaluations_per_image = steps
+
+    def _attribute(self, x, target):
+        from captum.attr import IntegratedGradients as IG
+        return IG(_Raw(self.model)).attribute(x, torch.zeros_like(x), target=target, n_steps=self.steps,
+                                              internal_batch_size=max(1, len(x)) * self.steps).sum(1)
+
+
+class DeepLift(Attribution):
+    """Captum's DeepLIFT (zero baseline).  DAU layers have no registered non-linearity, so the
+    rescale rule reduces to gradient x (input - baseline) through them, as in the paper's setup."""
+
+    name = "DeepLIFT"
+
+    def _attribute(self, x, target):
+        import warnings
+        from captum.attr import DeepLift as DL
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return DL(_Raw(self.model)).attribute(x, torch.zeros_like(x), target=target).sum(1)
+
+
+class GradCAM(Attribution):
+    """GradCAM on the last DAU layer, positive part, nearest upsampling to the input size."""
+
+    name = "GradCAM"
+
+    def _attribute(self, x, target):
+        from captum.attr import LayerAttribution, LayerGradCam
+        wrapped = _Raw(self.model)
+        cam = LayerGradCam(wrapped, wrapped.model.layers[-1]).attribute(x, target=target, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="nearest")[:, 0]
+
+
+def occlusion_defaults(size: int) -> tuple[int, int, int]:
+    """(small patch, large patch, stride): the paper's 5, 9, stride 2 at 32 px (CIFAR) and 9, 13,
+    stride 4 at 64 px (TinyImagenet); scaled with the input size beyond that."""
+    if size <= 40:
+        return 5, 9, 2
+    scale = size / 64
+    odd = lambda v: max(1, int(round(v)) | 1)  # noqa: E731
+    return odd(9 * scale), odd(13 * scale), max(1, round(4 * scale))
+
+
+class Occlusion(Attribution):
+    """Captum Occlusion on the encoded input (patch zeroed in all channels); the logit change is
+    spread evenly over the occluded pixels (Captum averages over the windows covering a pixel)."""
+
+    def __init__(self, model, patch: int = 5, stride: int = 2, batch_size: int = 256):
+        super().__init__(model)
+        self.patch, self.stride, self.batch = patch, stride, batch_size
+        self.name = f"Occ{patch}"
+
+    def _attribute(self, x, target):
+        from captum.attr import Occlusion as Occ
+        enc = encode(x)
+        c, h, w = enc.shape[1:]
+        self.evaluations_per_image = (math.ceil((h - self.patch) / self.stride) + 1) * (math.ceil((w - self.patch) / self.stride) + 1) + 1
+        with torch.no_grad():
+            a = Occ(_Encoded(self.model)).attribute(enc, sliding_window_shapes=(c, self.patch, self.patch),
+                                                    strides=(c, self.stride, self.stride), baselines=0,
+                                                    target=target, perturbations_per_eval=max(1, self.batch // len(x)))
+        return a.mean(1)
+
+
+class RISE(Attribution):
+    """RISE (Petsiuk et al. 2018): saliency = E[score(x * M) M] / p over random smooth masks.
+
+    Masks: a `grid`x`grid` binary grid with keep-probability `p`, bilinearly upsampled to
+    (grid+1) cells and randomly shifted, as in the original; scores are sigmoid(logit).
+    Masks are applied to all encoded channels and go through the model in batches.
+    """
+
+    name = "RISE"
+
+    def __init__(self, model, masks: int = 6000, grid: int = 6, p: float = 0.1, batch_size: int = 500, seed: int = 0):
+        super().__init__(model)
+        self.n, self.grid, self.p, self.batch, self.seed = masks, grid, p, batch_size, seed
+        self.evaluations_per_image = masks
+        self._masks = None
+
+    def masks(self, h: int, w: int) -> torch.Tensor:
+        if self._masks is None or self._masks.shape[-2:] != (h, w):
+            g = torch.Generator().manual_seed(self.seed)
+            cell_h, cell_w = math.ceil(h / self.grid), math.ceil(w / self.grid)
+            up_h, up_w = (self.grid + 1) * cell_h, (self.grid + 1) * cell_w
+            grid = (torch.rand(self.n, 1, self.grid, self.grid, generator=g) < self.p).float()
+            up = F.interpolate(grid, size=(up_h, up_w), mode="bilinear", align_corners=False)
+            dy = torch.randint(0, cell_h, (self.n,), generator=g)
+            dx = torch.randint(0, cell_w, (self.n,), generator=g)
+            self._masks = torch.stack([up[i, 0, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(self.n)])
+        return self._masks
+
+    @torch.no_grad()
+    def _attribute(self, x, target):
+        enc = encode(x)
+        masks = self.masks(*x.shape[2:]).to(x.device)            # (M, H, W)
+        out = torch.zeros(len(x), *x.shape[2:], device=x.device)
+        for i in range(len(x)):
+            for s in range(0, self.n, self.batch):
+                m = masks[s:s + self.batch]
+                logits = self.model.forward_encoded(enc[i:i + 1] * m[:, None])
+                scores = torch.sigmoid(logits[:, target[i]])
+                out[i] += torch.einsum("m,mhw->hw", scores, m)
+        return out / (self.n * self.p)
+
+
+class LIME(Attribution):
+    """Captum LIME over quickshift superpixels (kernel 1, max_dist 200, ratio 0.2), 256 samples;
+    only the top-3 positive superpixels keep their weight (the paper's setting)."""
+
+    name = "LIME"
+
+    def __init__(self, model, samples: int = 256, kernel_size: int = 1, max_dist: float = 200,
+                 ratio: float = 0.2, top: int = 3, batch_size: int = 256):
+        super().__init__(model)
+        self.samples, self.kernel_size, self.max_dist, self.ratio = samples, kernel_size, max_dist, ratio
+        self.top, self.batch = top, batch_size
+        self.evaluations_per_image = samples
+
+    def superpixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Quickshift segments of one image (C, H, W) -> (H, W) integer labels."""
+        from skimage.segmentation import quickshift
+        img = x.permute(1, 2, 0).double().numpy()
+        if img.shape[2] == 1:
+            img = img.repeat(3, 2)
+        seg = quickshift(img, kernel_size=self.kernel_size, max_dist=self.max_dist, ratio=self.ratio,
+                         convert2lab=True)
+        return torch.from_numpy(seg).long()
+
+    def _attribute(self, x, target):
+        from captum.attr import Lime
+        lime = Lime(_Encoded(self.model))
+        enc = encode(x)
+        out = torch.zeros(len(x), *x.shape[2:])
+        for i in range(len(x)):
+            seg = self.superpixels(x[i].cpu())
+            mask = seg[None, None].expand(1, enc.shape[1], *seg.shape).to(x.device)
+            with torch.no_grad():
+                a = lime.attribute(enc[i:i + 1], target=int(target[i]), baselines=0, feature_mask=mask,
+                                   n_samples=self.samples, perturbations_per_eval=self.batch)[0, 0]
+            weights = torch.stack([a[seg == s][0] for s in range(int(seg.max()) + 1)])
+            keep = weights.argsort(descending=True)[:self.top]
+            keep = keep[weights[keep] > 0]
+            out[i] = torch.where(torch.isin(seg, keep.cpu()), a.cpu(), torch.zeros(()))
+        return out.to(x.device)
+
+
+def default_methods(input_size: int) -> dict:
+    """name -> (class, default keyword arguments) with the paper's parameters."""
+    small, large, stride = occlusion_defaults(input_size)
+    return {
+        "CoDA": (CoDA, {}), "Grad": (Grad, {}), "IxG": (InputXGradient, {}), "IntGrad": (IntegratedGradients, {}),
+        "DeepLIFT": (DeepLift, {}), "GradCAM": (GradCAM, {}),
+        f"Occ{small}": (Occlusion, dict(patch=small, stride=stride)),
+        f"Occ{large}": (Occlusion, dict(patch=large, stride=stride)),
+        "RISE": (RISE, {}), "LIME": (LIME, {}),
+    }
+
+
+def make_methods(model, names, input_size: int, **overrides) -> dict:
+    """Instantiate methods by name ('CoDA', 'Grad', 'IxG', 'IntGrad', 'DeepLIFT', 'GradCAM',
+    'Occ<k>', 'RISE', 'LIME'); `overrides[name]` holds keyword arguments for one method."""
+    known = default_methods(input_size)
+    out = {}
+    for name in names:
+        if name in known:
+            cls, kwargs = known[name]
+        elif name.startswith("Occ") and name[3:].isdigit() and int(name[3:]) > 0:
+            cls, kwargs = Occlusion, dict(patch=int(name[3:]), stride=occlusion_defaults(input_size)[2])
+        else:
+            raise ValueError(f"unknown attribution method {name!r}; available: {', '.join(known)} "
+                             "(or Occ<k> for any patch size k)")
+        out[name] = cls(model, **{**kwargs, **overrides.get(name, {})})
+    return out

@@ -1,0 +1,161 @@
+"""Attribution methods and the paper's two metrics (localisation, pixel removal)."""
+import pytest
+import torch
+
+from codanet.evaluate import (cell_scores, confident_images, grid_image, localisation, make_grids,
+                              probability_curve, removal_counts, removal_order)
+from codanet.explain import CoDAContributions
+from codanet.explain.baselines import make_methods
+from conftest import tiny_model
+
+
+class _Oracle:
+    """Puts all positive mass exactly on the cell of the target class (knows the grid)."""
+    name = "oracle"
+
+    def __init__(self, n, cells, mode):
+        self.n, self.cells, self.mode = n, cells, mode
+
+    def attribute(self, x, target):
+        size = x.shape[-1] // self.n
+        out = torch.zeros(len(x), x.shape[-2], x.shape[-1])
+        for k, t in enumerate(target.tolist()):
+            if self.mode == "uniform":
+                out[k] = 1.0
+                continue
+            pos = [c for c, _ in self.cells].index(t)
+            if self.mode == "wrong":
+                pos = (pos + 1) % (self.n * self.n)
+            r, c = divmod(pos, self.n)
+            out[k, r * size:(r + 1) * size, c * size:(c + 1) * size] = 1.0
+            out[k] -= 0.1 * (out[k] == 0)          # negative mass elsewhere is ignored
+        return out
+
+
+@pytest.mark.parametrize("mode,expected", [("oracle", 1.0), ("uniform", 1 / 9), ("wrong", 0.0)])
+def test_localisation_score_for_known_attributions(mode, expected):
+    images = torch.rand(9, 1, 4, 4)
+    labels = torch.arange(9)
+    cells = [(c, c) for c in range(9)]
+    scores = []
+    g = grid_image(images, cells, 3)
+    assert g.shape == (1, 12, 12) and torch.equal(g[:, 4:8, 8:12], images[5])
+    maps = _Oracle(3, cells, mode).attribute(g[None].expand(9, -1, -1, -1), torch.arange(9))
+    share = cell_scores(maps, 3)
+    scores = share.diagonal()
+    assert torch.allclose(scores, torch.full((9,), expected))
+    del labels
+
+
+class _FixedLogits:
+    """A stand-in model: the logits of image i are row i of a fixed table (passed as the image)."""
+    num_classes = 10
+
+    def __call__(self, x):
+        return x[:, 0, 0, :10]
+
+
+def test_grids_use_only_confident_correct_images_and_distinct_classes():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 10, generator=g) * 3
+    images = torch.zeros(300, 1, 1, 10)
+    images[:, 0, 0] = logits
+    labels = logits.argmax(1).clone()
+    labels[::3] = (labels[::3] + 1) % 10                     # a third are misclassified
+    pools = confident_images(_FixedLogits(), images, labels)
+    assert len(pools) == 10
+    for c, idx in pools.items():
+        idx = torch.tensor(idx)
+        assert (labels[idx] == c).all() and (logits[idx].argmax(1) == c).all()
+        assert (torch.sigmoid(logits[idx, c]) > 0.5).all()
+        assert (logits[idx, c].diff() <= 0).all()          # decreasing logit
+    confident = (logits.argmax(1) == labels) & (torch.sigmoid(logits.gather(1, labels[:, None])[:, 0]) > 0.5)
+    assert sum(len(v) for v in pools.values()) == int(confident.sum())
+    for cells in make_grids(pools, 3, 50, seed=1):
+        classes = [c for c, _ in cells]
+        assert len(set(classes)) == 9
+        assert all(i in pools[c] for c, i in cells)
+    assert make_grids(pools, 2, 5, seed=3) == make_grids(pools, 2, 5, seed=3)
+    assert make_grids(pools, 2, 5, seed=3) != make_grids(pools, 2, 5, seed=4)
+    with pytest.raises(ValueError, match="needs 16 distinct classes"):
+        make_grids(pools, 4, 1)
+
+
+def test_localisation_runs_end_to_end_with_coda():
+    model = tiny_model("coda_cpu")
+    images = torch.rand(8, 1, 8, 8)
+    labels = torch.arange(8)
+    grids = [[(0, 0), (1, 1), (2, 2), (3, 3)], [(4, 4), (5, 5), (6, 6), (7, 7)], [(7, 7), (0, 0), (5, 5), (2, 2)]]
+    r = localisation(model, CoDAContributions(model), images, labels, n=2, progress=False, grids=grids)
+    assert 0 <= r["mean"] <= 1 and len(r["scores"]) == 12 and len(r["per_class"]) == 8
+    # by hand for the first cell of the first grid
+    g = grid_image(images, grids[0], 2)[None]
+    m = model.explain(g, target=0)["contributions"][0].clamp_min(0)
+    assert abs(r["scores"][0] - float(m[:8, :8].sum() / m.sum())) < 1e-6
+
+
+class _Linear(torch.nn.Module):
+    """logit_0 = sum_p v_p * x_enc[0, p] (a hand-built linear model on the encoded input)."""
+
+    def __init__(self, v):
+        super().__init__()
+        self.v = v
+        self.num_classes = 2
+
+    def forward_encoded(self, enc):
+        z = (enc[:, 0] * self.v).flatten(1).sum(1)
+        return torch.stack([z, -z], 1)
+
+
+def test_pixel_removal_order_and_probabilities():
+    v = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    model = _Linear(v)
+    x = torch.ones(1, 1, 2, 2)
+    attribution = v[None] * x[:, 0]                           # exact contributions
+    order = removal_order(attribution, least_first=True)
+    assert order.tolist() == [[1, 2, 0, 3]]                   # -2, 0.5, 1, 3
+    assert removal_order(attribution, least_first=False).tolist() == [[3, 0, 2, 1]]
+    counts = [0, 1, 2, 3, 4]
+    curve = probability_curve(model, x, torch.tensor([0]), order, counts)
+    expected = torch.sigmoid(torch.tensor([2.5, 4.5, 4.0, 3.0, 0.0]))
+    assert torch.allclose(curve, expected)
+    assert removal_counts(784, 0.25, 128)[-1] == 196 and len(removal_counts(784)) == 129
+
+
+def test_coda_attribution_equals_explain():
+    model = tiny_model("coda_cpu")
+    x = torch.rand(3, 1, 12, 12)
+    target = torch.tensor([1, 2, 3])
+    assert torch.equal(CoDAContributions(model).attribute(x, target), model.explain(x, target)["contributions"])
+    methods = make_methods(model, ["CoDA"], 12)
+    assert torch.allclose(methods["CoDA"].attribute(x, target), model.explain(x, target)["contributions"])
+
+
+ALL = ["CoDA", "Grad", "IxG", "IntGrad", "DeepLIFT", "GradCAM", "Occ5", "Occ9", "RISE", "LIME"]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_baseline_returns_a_pixel_map(channels):
+    name = "coda_cpu" if channels == 1 else "coda_s"
+    model = tiny_model(name)
+    x = torch.rand(2, channels, 16, 16)
+    methods = make_methods(model, ALL, 16, RISE={"masks": 50}, LIME={"samples": 20})
+    for method_name, m in methods.items():
+        a = m.attribute(x, target=torch.tensor([1, 4]))
+        assert a.shape == (2, 16, 16), method_name
+        assert torch.isfinite(a).all(), method_name
+
+
+def test_gradient_baselines_agree_with_definitions():
+    model = tiny_model("coda_cpu").double()
+    x = torch.rand(1, 1, 10, 10, dtype=torch.float64, requires_grad=True)
+    logit = model(x)[0, 2]
+    grad = torch.autograd.grad(logit, x)[0]
+    m = make_methods(model, ["Grad", "IxG"], 10)
+    assert torch.allclose(m["Grad"].attribute(x.detach(), 2), grad.sum(1))
+    assert torch.allclose(m["IxG"].attribute(x.detach(), 2), (grad * x).detach().sum(1))
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ValueError, match="unknown attribution method 'SHAP'"):
+        make_methods(tiny_model("coda_cpu"), ["SHAP"], 28)
