@@ -60,7 +60,9 @@ def cell_scores(attribution: torch.Tensor, n: int) -> torch.Tensor:
     h, w = pos.shape[-2] // n, pos.shape[-1] // n
     per_cell = pos.unflatten(-2, (n, h)).unflatten(-1, (n, w)).sum((-3, -1)).flatten(-2)
     total = per_cell.sum(-1, keepdim=True)
-    return torch.where(total > 0, per_cell / total.clamp_min(1e-30), torch.zeros_like(per_cell))
+    has_mass = total > 0
+    return torch.where(has_mass, per_cell / torch.where(has_mass, total, torch.ones_like(total)),
+                       torch.zeros_like(per_cell))
 
 
 def localisation(model, method, images: torch.Tensor, labels: torch.Tensor, n: int = 3,
