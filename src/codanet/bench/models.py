@@ -11,33 +11,19 @@ Measured in one run on this machine, as ratios:
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
 from ..models import create_model
 from ..nn.reference import materialised_model
 from ..utils.io import write_json
-from .layers import matmul_gflops
+from .layers import matmul_gflops, timed
 from .resnet import ResNet56
-
-
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _train_step(model, opt, x, y, k):
     def step():
-        out = model(x) if not hasattr(model, "forward_encoded") else model(x)
+        out = model(x)
         loss = F.binary_cross_entropy_with_logits(out, F.one_hot(y, k).float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -68,17 +54,17 @@ def measure(name: str, size: int, channels: int, batch: int, repeats: int, with_
     for label, m in models.items():
         opt = torch.optim.Adam(m.parameters(), 1e-4)
         m.train()
-        t_train = _median_time(_train_step(m, opt, x, y, k), repeats)
+        t_train = timed(_train_step(m, opt, x, y, k), repeats)
         m.eval()
         with torch.no_grad():
-            t_inf = _median_time(lambda: m(x), repeats)
+            t_inf = timed(lambda: m(x), repeats)
         row[label] = dict(train_images_per_second=batch / t_train, inference_images_per_second=batch / t_inf)
     coda = models["CoDA (low-rank)"]
     row["CoDA (low-rank)"]["train_gflops"] = model_flops(coda, x) / (batch / row["CoDA (low-rank)"]["train_images_per_second"]) / 1e9
     xe = x[:16]
-    t_fwd = _median_time(lambda: coda(xe), repeats)
-    t_one = _median_time(lambda: coda.explain(xe, target=0), repeats)
-    t_all = _median_time(lambda: coda.explain_all(xe), repeats)
+    t_fwd = timed(lambda: coda(xe), repeats)
+    t_one = timed(lambda: coda.explain(xe, target=0), repeats)
+    t_all = timed(lambda: coda.explain_all(xe), repeats)
     return dict(model=name, size=size, batch=batch, results=row,
                 explain=dict(forward_ms_per_image=1e3 * t_fwd / 16, explain_ms_per_image=1e3 * t_one / 16,
                              explain_all_ms_per_image=1e3 * t_all / 16,

@@ -35,12 +35,16 @@ def train_dau(samples: torch.Tensor, rank: int = 3, steps: int = 400, lr: float 
 
 
 def eigenvectors(unit: DAU, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues and unit-norm eigenvectors (columns, d x m) of AB with non-zero eigenvalue."""
+    """Real, non-zero eigenvalues and unit-norm eigenvectors (columns, d x m) of AB.
+
+    (A trained DAU's are all real; a complex pair, possible for random A and B, is left out.)
+    """
     A, B, _ = unit.paper_matrices()
     A, B = A[0].double().numpy(), B.double().numpy()           # (d, r), (r, d)
     lam, v = np.linalg.eig(B @ A)
-    keep = np.abs(lam) > tol * np.abs(lam).max()
-    vecs = np.real(A @ v[:, keep])                              # real for the real eigenvalues we keep
+    scale = np.abs(lam).max()
+    keep = (np.abs(lam) > tol * scale) & (np.abs(lam.imag) <= tol * scale)
+    vecs = np.real(A @ v[:, keep])
     vecs /= np.linalg.norm(vecs, axis=0, keepdims=True)
     return np.real(lam[keep]), vecs
 
@@ -71,7 +75,7 @@ def run(digit_indices=(0, 1, 2), n: int = 3072, noise: float = 1.0, steps: int =
         seed=seed, eigenvalues=lam.tolist(), best_eigenvector=best.tolist(),
         best_cosine=[float(cos[i, best[i]]) for i in range(len(best))],
         principal_angle_cosines=principal_angle_cosines(D, vecs).tolist(),
-        mean_output=float(unit(samples).mean()), mean_norm=float(samples.norm(dim=1).mean()),
+        mean_output=float(unit(samples).mean().detach()), mean_norm=float(samples.norm(dim=1).mean()),
         _digits=digits, _samples=samples[:3 * 3], _vectors=vecs, _best=best)
 
 

@@ -120,6 +120,15 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _tensorboard(out_dir: str):
+    """A SummaryWriter when TensorBoard is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:           # tensorboard not installed
+        return None
+    return SummaryWriter(os.path.join(out_dir, "tensorboard"))
+
+
 def _batch_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1009 + rank)
 
@@ -195,9 +204,15 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
         save_checkpoint(os.path.join(ckpt_dir, f"step-{updates:09d}.safetensors"), model, optimizer, state_dict())
         prune(ckpt_dir, cfg["keep_checkpoints"])
 
+    board = _tensorboard(out_dir) if ctx.main else None
+
     def write_log():
         if not ctx.main:
             return
+        if board is not None and history:
+            for key in ("train_loss", "test_top1", "test_top5", "lr"):
+                board.add_scalar(key, history[-1][key], history[-1]["epoch"])
+            board.flush()
         with atomic_path(log_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "test_top1", "test_top5", "lr", "seconds"])
             w.writeheader()

@@ -1,0 +1,40 @@
+"""The DAU experiments of the paper (Fig. 2 and 3) on real MNIST digits, reduced sizes."""
+import numpy as np
+import pytest
+import torch
+
+from codanet.experiments import digits, eigenvectors
+
+
+@pytest.mark.parametrize("seed,triple", [(0, (0, 1, 2)), (1, (10, 25, 300)), (2, (7, 1500, 3999))])
+def test_eigenvectors_of_AB_encode_the_clean_digits(seed, triple):
+    r = eigenvectors.run(triple, n=1536, noise=1.0, steps=300, seed=seed, progress=False)
+    assert len(r["eigenvalues"]) == 3
+    assert min(r["best_cosine"]) >= 0.85, r["best_cosine"]
+    assert min(r["principal_angle_cosines"]) >= 0.95, r["principal_angle_cosines"]
+    assert sorted(r["best_eigenvector"]) == [0, 1, 2]          # one eigenvector per digit
+
+
+def test_eigenvectors_come_from_BA():
+    torch.manual_seed(0)
+    unit = eigenvectors.DAU(20, 3, bias=False).double()
+    lam, vecs = eigenvectors.eigenvectors(unit)
+    A, B, _ = unit.paper_matrices()
+    M = (A[0] @ B).numpy()
+    for i in range(len(lam)):
+        assert np.allclose(M @ vecs[:, i], lam[i] * vecs[:, i], atol=1e-10)
+
+
+def test_linear_rows_reproduce_outputs_and_match_materialised_weights():
+    torch.manual_seed(0)
+    model = digits.SingleLayer(rank=4).double()
+    x = torch.randn(5, 784, dtype=torch.float64)
+    y = torch.tensor([0, 3, 9, 2, 2])
+    w = digits.linear_rows(model, x, y)
+    out = model(x)
+    assert torch.allclose((w * x).sum(1), out.gather(1, y[:, None])[:, 0] - digits.LOGIT_BIAS)
+    materialised = model.daus.linear_weights(x)[torch.arange(5), y] / model.temperature
+    assert torch.allclose(w, materialised)
+    deep = digits.FiveLayerDAUNet().double()
+    w5 = digits.linear_rows(deep, x, y)
+    assert torch.allclose((w5 * x).sum(1), deep(x).gather(1, y[:, None])[:, 0] - digits.LOGIT_BIAS)
