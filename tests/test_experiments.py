@@ -36,5 +36,9 @@ def test_linear_rows_reproduce_outputs_and_match_materialised_weights():
     materialised = model.daus.linear_weights(x)[torch.arange(5), y] / model.temperature
     assert torch.allclose(w, materialised)
     deep = digits.FiveLayerDAUNet().double()
-    w5 = digits.linear_rows(deep, x, y)
-    assert torch.allclose((w5 * x).sum(1), deep(x).gather(1, y[:, None])[:, 0] - digits.LOGIT_BIAS)
+    xi = torch.rand(5, 784, dtype=torch.float64)
+    c5 = deep.contributions(xi, y)
+    assert torch.allclose(c5.sum(1), deep(xi).gather(1, y[:, None])[:, 0] - digits.LOGIT_BIAS)
+    w5 = digits.linear_rows(deep, xi, y)                       # = W_x - W_{1-x}
+    lm = deep.net.explain(xi.view(-1, 1, 28, 28), target=y)["linear_map"]
+    assert torch.allclose(w5, (lm[:, 0] - lm[:, 1]).flatten(1))

@@ -55,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     xe.add_argument("--seed", type=int, default=0)
     xd = xsub.add_parser("digits", help="Fig. 2: weights of a DAU layer and a 5-layer net on noisy digits")
     xd.add_argument("--out", default="runs/digits")
-    xd.add_argument("--noise", type=float, default=0.5)
+    xd.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise before clipping to [0, 1]")
     xd.add_argument("--epochs-single", type=int, default=15)
-    xd.add_argument("--epochs-deep", type=int, default=6)
+    xd.add_argument("--epochs-deep", type=int, default=4)
     xd.add_argument("--seed", type=int, default=0)
     xt = xsub.add_parser("temperature", help="Fig. 4 / Fig. 6 right: train coda_cpu at several T, "
                                             "localisation and pixel removal against T")

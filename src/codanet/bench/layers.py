@@ -4,9 +4,9 @@ low-rank layer against the literal materialised eq. 1, forward + backward.
 Time: median of `repeats` after a warm-up.  FLOPs: the efficient algorithm's multiply-adds
 (conv A'^T x, conv Bx, Gram quadratic form) x2 for forward, x3 for forward+backward; both
 implementations are credited with the same count, so GFLOP/s compares to a same-run matmul.
-Peak memory: each measurement runs in a fresh subprocess and reports the growth of the resident
-set during one forward+backward beyond the inputs and parameters (glibc told to keep freed memory,
-so the peak is the true high-water mark of live tensors plus allocator slack).
+Peak memory: each measurement runs in a fresh subprocess (glibc's default allocator, which returns
+large freed blocks to the OS) and reports how far the resident set's high-water mark (VmHWM, reset
+after the set-up) rises above the resident set during one forward+backward.
 """
 from __future__ import annotations
 
@@ -50,22 +50,27 @@ def _step(impl: str, layer, a: torch.Tensor):
     return out
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _peak_worker(impl: str, index: int, batch: int) -> None:
-    import resource
-    keep_freed_memory()
+    """Runs in a fresh process with glibc's default allocator (large blocks are returned to the
+    OS when freed, so the resident set follows the live tensors).  After the set-up the peak
+    (VmHWM) is reset to the current resident set, so the reported growth is the step's own."""
     torch.set_num_threads(1)
     model, inputs = _layer_inputs(batch)
-    layer, a = model.layers[index], inputs[index]
+    layer, a = model.layers[index], inputs[index].clone()
     del inputs
-    before = _rss_bytes()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                                   # reset VmHWM to the current VmRSS
+    before = _status_kb("VmRSS")
     _step(impl, layer, a)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_bytes": max(0, peak - before)}))
+    print(json.dumps({"peak_bytes": max(0, _status_kb("VmHWM") - before) * 1024}))
 
 
 def peak_memory(impl: str, index: int, batch: int) -> int:

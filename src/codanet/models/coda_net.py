@@ -153,7 +153,7 @@ class CoDANet(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The parameters' dtype; inputs are cast to it."""
-        return self.layers[0].A.dtype
+        return next(self.parameters()).dtype
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
