@@ -163,3 +163,12 @@ def test_keeps_last_k_checkpoints(tmp_path):
     assert len(list((tmp_path / "checkpoints").glob("step-*.safetensors"))) == 2
     assert not list(tmp_path.rglob(".tmp-*"))
     _ = codanet
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    from codanet.utils.io import write_json
+    path = tmp_path / "x.json"
+    write_json(path, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
