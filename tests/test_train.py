@@ -171,5 +171,7 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
 def test_resume_refuses_changed_config(tmp_path):
     cfg = make_config(dict(TINY, epochs=1))
     train(cfg, str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints.*--resume"):
+        train(cfg, str(tmp_path), progress=False)               # never overwrite an earlier run
     with pytest.raises(ValueError, match="config differs.*lr"):
         train(make_config(dict(TINY, epochs=1, lr=1e-2)), str(tmp_path), resume=True, progress=False)

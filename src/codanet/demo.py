@@ -28,7 +28,12 @@ def main(args) -> int:
     cfg = make_config(overrides, base=load_config_file(DEMO_CONFIG))
     load_dataset(cfg["dataset"], "test", cfg["data_dir"])         # fail early with a clear message
     out = args.out
-    resume = os.path.isdir(os.path.join(out, "checkpoints")) and not os.path.exists(os.path.join(out, "summary.json"))
+    if os.path.exists(os.path.join(out, "summary.json")):          # a finished demo: keep it, start anew
+        import time
+        kept = f"{out.rstrip(os.sep)}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(out, kept)
+        print(f"the previous demo run was moved to {kept}")
+    resume = os.path.isdir(os.path.join(out, "checkpoints"))       # an interrupted demo continues
     summary = train(cfg, out, resume=resume)
     if summary.get("stopped_by") == "signal":
         return 130

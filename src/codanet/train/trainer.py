@@ -175,6 +175,9 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one update "
                          f"(batch_size*accumulate = {bs * acc})")
     epoch, step, history, elapsed = 0, 0, [], 0.0
+    if not resume and checkpoint_files(ckpt_dir):
+        raise ValueError(f"{ckpt_dir} already holds checkpoints of an earlier run: continue it with --resume "
+                         "or choose another --out")
     if resume:
         files = checkpoint_files(ckpt_dir)
         if not files:
