@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import codanet
-from codanet.models import model_config
 from conftest import tiny_model
 
 SMALL_INPUT = {"coda_s": 16, "coda_m": 16, "coda_l": 24, "coda_xl": 16, "coda_cpu": 14}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..nn import DAUConv2d, DAULinear, explanation_mode
+from ..nn import DAULinear, explanation_mode
 
 LOGIT_BIAS = math.log(0.1 / 0.9)
 
