@@ -156,6 +156,10 @@ def test_gradient_baselines_agree_with_definitions():
     assert torch.allclose(m["IxG"].attribute(x.detach(), 2), (grad * x).detach().sum(1))
 
 
-def test_unknown_method_is_rejected():
+def test_unknown_method_and_bad_target_are_rejected():
+    model = tiny_model("coda_cpu")
     with pytest.raises(ValueError, match="unknown attribution method 'SHAP'"):
-        make_methods(tiny_model("coda_cpu"), ["SHAP"], 28)
+        make_methods(model, ["SHAP"], 28)
+    for name, method in make_methods(model, ["CoDA", "Grad", "Occ5"], 12).items():
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 9\]"):
+            method.attribute(torch.rand(2, 1, 12, 12), target=10)

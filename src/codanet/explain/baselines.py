@@ -55,7 +55,8 @@ class Attribution:
         if target is None:
             with torch.no_grad():
                 target = self.model(inputs).argmax(1)
-        target = torch.as_tensor(target, device=inputs.device).long().expand(len(inputs))
+        # the model's own target check: ints or N indices in [0, K), else a clear ValueError
+        target = self.model._targets(target, inputs.new_empty(len(inputs), self.model.num_classes))
         with torch.enable_grad():
             return self._attribute(inputs.detach(), target).detach()
 
