@@ -49,7 +49,9 @@ def run(kind: str, checkpoint: str, methods=None, n: int = 3, grids: int = 100, 
         steps: int = 128, most_first: bool = False, dataset=None, data_dir=None, out=None, seed: int = 0,
         progress: bool = True, method_options: dict | None = None) -> dict:
     """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given."""
-    model, all_images, all_labels, test = load_for_evaluation(checkpoint, dataset, data_dir)
+    # localisation ranks the whole test split; pixel removal only needs its first `images`
+    model, all_images, all_labels, test = load_for_evaluation(
+        checkpoint, dataset, data_dir, max_images=images if kind == "pixel-removal" else None)
     methods = make_methods(model, methods or FAST_METHODS, all_images.shape[-1], **(method_options or {}))
     results, costs = {}, {}
     if kind == "localisation":

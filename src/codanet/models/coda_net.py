@@ -133,8 +133,7 @@ class CoDANet(nn.Module):
         through each layer's materialised weights (`DAUConv2d.backproject`).
         """
         check_images(x, self.in_channels)
-        x = x.to(self.dtype)
-        a = encode(x)
+        x_encoded = a = encode(x.to(self.dtype))
         saved = []
         for layer in self.layers:                       # forward, keeping each layer's w(x)
             z, alpha = layer.dynamic_weights(a)
@@ -146,7 +145,6 @@ class CoDANet(nn.Module):
         grad = eye[None, :, :, None, None].expand(n, k, k, *a.shape[2:])   # d logit_k / d a_L
         for layer, (shape, z, alpha) in zip(reversed(self.layers), reversed(saved)):
             grad = layer.backproject(grad, layer.weights_per_position(z, alpha), shape)
-        x_encoded = encode(x)
         return dict(logits=logits, prediction=logits.argmax(1), linear_map=grad,
                     contributions=(grad * x_encoded[:, None]).sum(2))
 

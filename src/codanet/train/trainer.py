@@ -289,6 +289,8 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
               "continue with --resume")
         return dict(stopped_by="signal", epoch=epoch, step=step)
 
+    if board is not None:
+        board.close()
     final = evaluate_accuracy(model, test_set, cfg["eval_batch_size"], device, ctx=ctx)
     train_seconds = time.time() - start
     images_seen = ctx.sum([images_seen])[0]
