@@ -217,3 +217,28 @@ def test_crop_flip_and_randaugment():
     assert randaugment(grey, 2, 30, g).shape == grey.shape
     with pytest.raises(ValueError, match="0 <= m <= 30"):
         randaugment(u8, 2, 31, g)
+
+
+def test_prefetched_batches_are_the_same_in_every_mode():
+    """inline, background thread and worker processes give identical batches and generators."""
+    import contextlib
+    from codanet.data.loader import EpochBatches, prefetched
+    from codanet.train import make_config
+    ds = load_dataset("mnist_5k", "train").subset(range(40))
+    cfg = make_config(dict(augment="randaugment", crop_padding=2))
+    batches = EpochBatches(ds, torch.randperm(40), epoch=3, batch_size=8, cfg=cfg)
+    runs = {}
+    for mode in ("none", "thread", "processes"):
+        with contextlib.closing(prefetched(batches, 1, 5, mode, workers=2)) as stream:
+            runs[mode] = [(x, y, torch.rand(3, generator=g)) for x, y, g in stream]
+    ref = runs["none"]
+    assert len(ref) == 4 and ref[0][0].shape == (8, 1, 28, 28)
+    assert not torch.equal(ref[0][0], ref[1][0])
+    for mode in ("thread", "processes"):
+        for a, b in zip(ref, runs[mode], strict=True):
+            assert all(torch.equal(u, v) for u, v in zip(a, b))
+    # leaving early stops the thread without waiting for the whole epoch
+    with contextlib.closing(prefetched(batches, 0, 5, "thread")) as stream:
+        assert torch.equal(next(iter(stream))[0], batches[0][0])
+    with pytest.raises(ValueError, match="prefetch must be one of"):
+        next(prefetched(batches, 0, 5, "async"))

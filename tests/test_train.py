@@ -175,3 +175,12 @@ def test_resume_refuses_changed_config(tmp_path):
         train(cfg, str(tmp_path), progress=False)               # never overwrite an earlier run
     with pytest.raises(ValueError, match="config differs.*lr"):
         train(make_config(dict(TINY, epochs=1, lr=1e-2)), str(tmp_path), resume=True, progress=False)
+
+
+def test_prefetch_modes_train_identical_weights(tmp_path):
+    """Batches built in a background thread (the default) == built inline, bit for bit."""
+    for mode in ("none", "thread"):
+        train(make_config(dict(TINY, epochs=1, lam=0.1, augment="crop_flip", prefetch=mode)),
+              str(tmp_path / mode), progress=False)
+    a, b = _weights(tmp_path / "none" / "model.safetensors"), _weights(tmp_path / "thread" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     xd = xsub.add_parser("digits", help="Fig. 2: weights of a DAU layer and a 5-layer net on noisy digits")
     xd.add_argument("--out", default="runs/digits")
     xd.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise before clipping to [0, 1]")
-    xd.add_argument("--epochs-single", type=int, default=15)
+    xd.add_argument("--epochs-single", type=int, default=20)
     xd.add_argument("--epochs-deep", type=int, default=4)
     xd.add_argument("--seed", type=int, default=0)
     xt = xsub.add_parser("temperature", help="Fig. 4 / Fig. 6 right: train coda_cpu at several T, "
@@ -87,7 +88,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    import os
     from .train import load_config_file, make_config, parse_set, train
     cfg = make_config(parse_set(args.set), base=load_config_file(args.config))
     out = args.out or os.path.join("runs", cfg["name"])
@@ -140,6 +140,8 @@ def _evaluate_metric(kind, args) -> int:
     summary = run(kind, args.checkpoint, methods, n=args.n, grids=args.grids, images=args.images,
                   steps=args.steps, most_first=args.most_first, dataset=args.dataset, data_dir=args.data_dir,
                   out=args.json, seed=args.seed)
+    if os.environ.get("RANK", "0") != "0":       # under torchrun, rank 0 reports
+        return 0
     print(format_table(summary))
     if args.json:
         print(f"wrote {args.json} and {summary['figure']}")
@@ -147,7 +149,6 @@ def _evaluate_metric(kind, args) -> int:
 
 
 def _experiment(args) -> int:
-    import os
     from .utils.io import write_json
     os.makedirs(args.out, exist_ok=True)
     if args.experiment == "eigenvectors":
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
             return _experiment(args)
         if args.command == "report":
             from .report import build_report
-            if not __import__("os").path.isdir(args.run_dir):
+            if not os.path.isdir(args.run_dir):
                 raise FileNotFoundError(f"run folder {args.run_dir} does not exist")
             print(f"wrote {build_report(args.run_dir)}")
             return 0
@@ -233,4 +234,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"codanet {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .train.distributed import teardown
+        teardown()
     return 0

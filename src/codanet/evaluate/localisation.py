@@ -13,10 +13,16 @@ from tqdm import tqdm
 
 
 @torch.no_grad()
-def confident_images(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> dict:
+def confident_images(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, ctx=None) -> dict:
     """Per class: indices of correctly classified images with sigmoid(logit) > 0.5, sorted by
-    decreasing logit."""
-    logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    decreasing logit.  With a distributed `ctx`, each rank classifies images[rank::world]."""
+    mine = ctx.shard(images) if ctx is not None and ctx.active else images
+    logits = torch.cat([model(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]
+                       or [torch.empty(0, model.num_classes)])
+    if ctx is not None and ctx.active:
+        parts, logits = ctx.gather(logits), torch.empty(len(images), logits.shape[1], dtype=logits.dtype)
+        for r, part in enumerate(parts):
+            logits[r::ctx.world] = part
     own = logits.gather(1, labels[:, None])[:, 0]
     ok = (logits.argmax(1) == labels) & (torch.sigmoid(own) > 0.5)
     out = {}
@@ -65,25 +71,37 @@ def cell_scores(attribution: torch.Tensor, n: int) -> torch.Tensor:
                        torch.zeros_like(per_cell))
 
 
-def localisation(model, method, images: torch.Tensor, labels: torch.Tensor, n: int = 3,
-                 num_grids: int = 500, seed: int = 0, class_names=None, progress: bool = True,
-                 grids=None) -> dict:
-    """Score one attribution method; returns mean, std, per-class means and all scores."""
-    if grids is None:
-        grids = make_grids(confident_images(model, images, labels), n, num_grids, seed)
-    scores, classes = [], []
+def grid_scores(method, images: torch.Tensor, grids, n: int, progress: bool = True) -> list[list[float]]:
+    """For each grid, the localisation score s_c of every cell's class c (row-major)."""
+    out = []
     for cells in tqdm(grids, desc=f"localisation {getattr(method, 'name', '')}", disable=not progress, leave=False):
         g = grid_image(images, cells, n)[None].expand(n * n, -1, -1, -1)
         targets = torch.tensor([c for c, _ in cells])
         maps = method.attribute(g.contiguous(), target=targets)     # (n*n, nH, nW)
         share = cell_scores(maps, n)                                 # (n*n, n*n)
-        for k, (c, _) in enumerate(cells):
-            scores.append(float(share[k, k]))
-            classes.append(c)
-    scores_np = np.array(scores)
+        out.append([float(share[k, k]) for k in range(len(cells))])
+    return out
+
+
+def localisation(model, method, images: torch.Tensor, labels: torch.Tensor, n: int = 3,
+                 num_grids: int = 500, seed: int = 0, class_names=None, progress: bool = True,
+                 grids=None, ctx=None) -> dict:
+    """Score one attribution method; returns mean, std, per-class means and all scores.
+
+    With a distributed `ctx` (torchrun), every rank scores grids[rank::world] and the scores are
+    gathered, so each rank returns the same result as one process would."""
+    if grids is None:
+        grids = make_grids(confident_images(model, images, labels), n, num_grids, seed)
+    if ctx is not None and ctx.active:
+        per_grid = ctx.unshard(ctx.gather(grid_scores(method, images, ctx.shard(grids), n, progress)))
+    else:
+        per_grid = grid_scores(method, images, grids, n, progress)
+    scores = [s for row in per_grid for s in row]
+    classes = [c for cells in grids for c, _ in cells]
+    scores_np, classes_np = np.array(scores), np.array(classes)
     per_class = {}
     for c in sorted(set(classes)):
         name = class_names[c] if class_names else str(c)
-        per_class[name] = float(scores_np[np.array(classes) == c].mean())
+        per_class[name] = float(scores_np[classes_np == c].mean())
     return dict(mean=float(scores_np.mean()), std=float(scores_np.std()), n=n, grids=len(grids),
                 per_class=per_class, scores=scores)

@@ -47,15 +47,27 @@ def probability_curve(model, images: torch.Tensor, targets: torch.Tensor, order:
 
 
 def pixel_removal(model, method, images: torch.Tensor, labels: torch.Tensor, fraction: float = 0.25,
-                  steps: int = 128, least_first: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
-    """Curve and area for one method on `images` with targets = true labels."""
+                  steps: int = 128, least_first: bool = True, batch_size: int = 64, progress: bool = True,
+                  ctx=None) -> dict:
+    """Curve and area for one method on `images` with targets = true labels.
+
+    With a distributed `ctx` (torchrun), every rank takes images[rank::world] and the curves are
+    averaged over all images, so each rank returns what one process would (up to float rounding)."""
+    counts = removal_counts(images.shape[2] * images.shape[3], fraction, steps)
+    if ctx is not None and ctx.active:
+        images, labels = ctx.shard(images), ctx.shard(labels)
     maps = []
     for s in tqdm(range(0, len(images), batch_size), desc=f"attributions {getattr(method, 'name', '')}",
                   disable=not progress, leave=False):
         maps.append(method.attribute(images[s:s + batch_size], target=labels[s:s + batch_size]))
-    maps = torch.cat(maps)
-    order = removal_order(maps, least_first)
-    counts = removal_counts(images.shape[2] * images.shape[3], fraction, steps)
-    curve = probability_curve(model, images, labels, order, counts)
-    return dict(fractions=[c / (images.shape[2] * images.shape[3]) for c in counts], curve=curve.tolist(),
+    if maps:
+        order = removal_order(torch.cat(maps), least_first)
+        curve = probability_curve(model, images, labels, order, counts)
+    else:                                     # more ranks than images
+        curve = torch.zeros(len(counts))
+    if ctx is not None and ctx.active:
+        total = ctx.sum([float(len(images))])[0]
+        curve = torch.tensor(ctx.sum((curve.double() * len(images)).tolist())) / total
+    num_pixels = images.shape[2] * images.shape[3]
+    return dict(fractions=[c / num_pixels for c in counts], curve=curve.tolist(),
                 area=float(curve.mean()), final=float(curve[-1]), least_first=least_first)

@@ -8,6 +8,7 @@ import torch
 
 from ..data import load_dataset, make_batch
 from ..explain.baselines import make_methods
+from ..train import distributed
 from ..train.checkpoint import load_model
 from ..utils.io import write_json
 from .localisation import confident_images, localisation, make_grids
@@ -48,22 +49,28 @@ def method_cost(method, images: torch.Tensor, labels: torch.Tensor) -> float:
 def run(kind: str, checkpoint: str, methods=None, n: int = 3, grids: int = 100, images: int = 256,
         steps: int = 128, most_first: bool = False, dataset=None, data_dir=None, out=None, seed: int = 0,
         progress: bool = True, method_options: dict | None = None) -> dict:
-    """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given."""
+    """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given.
+
+    Under torchrun (`torchrun --nproc_per_node=N -m codanet evaluate ...`) the grids / images are
+    sharded over the ranks and the results gathered; rank 0 writes the files."""
+    ctx = distributed.setup(torch.device("cpu"))
+    progress = progress and ctx.main
     # localisation ranks the whole test split; pixel removal only needs its first `images`
     model, all_images, all_labels, test = load_for_evaluation(
         checkpoint, dataset, data_dir, max_images=images if kind == "pixel-removal" else None)
     methods = make_methods(model, methods or FAST_METHODS, all_images.shape[-1], **(method_options or {}))
     results, costs = {}, {}
     if kind == "localisation":
-        grid_cells = make_grids(confident_images(model, all_images, all_labels), n, grids, seed)
+        grid_cells = make_grids(confident_images(model, all_images, all_labels, ctx=ctx), n, grids, seed)
         for name, m in methods.items():
             results[name] = localisation(model, m, all_images, all_labels, n, grids, seed, test.classes,
-                                         progress, grids=grid_cells)
+                                         progress, grids=grid_cells, ctx=ctx)
             results[name].pop("scores")
     elif kind == "pixel-removal":
         x, y = all_images[:images], all_labels[:images]
         for name, m in methods.items():
-            results[name] = pixel_removal(model, m, x, y, steps=steps, least_first=not most_first, progress=progress)
+            results[name] = pixel_removal(model, m, x, y, steps=steps, least_first=not most_first,
+                                          progress=progress, ctx=ctx)
     else:
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
     probe_x, probe_y = all_images[:4], all_labels[:4]
@@ -71,8 +78,8 @@ def run(kind: str, checkpoint: str, methods=None, n: int = 3, grids: int = 100, 
         costs[name] = dict(ms_per_image=method_cost(m, probe_x, probe_y),
                            evaluations_per_image=m.evaluations_per_image)
     summary = dict(kind=kind, checkpoint=checkpoint, dataset=test.name, results=results, cost=costs,
-                   temperature=model.temperature, model=model.name)
-    if out:
+                   temperature=model.temperature, model=model.name, processes=ctx.world)
+    if out and ctx.main:
         write_json(out, summary)
         png = os.path.splitext(out)[0] + ".png"
         title = f"{model.name} T={model.temperature:g} on {test.name}"

@@ -1,4 +1,4 @@
-"""Multi-process training on torch.distributed (launched with torchrun).
+"""Multi-process training and evaluation on torch.distributed (launched with torchrun).
 
 `torchrun --nproc_per_node=N -m codanet train CONFIG` sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*;
 we initialise gloo on CPU and NCCL on GPU.  The config's batch_size is the *global* batch: each
@@ -35,6 +35,25 @@ class Context:
         dist.all_reduce(t)
         return t.tolist()
 
+    def gather(self, obj) -> list:
+        """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects; [obj] with one process)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def shard(self, items):
+        """This rank's share of a sequence: items[rank::world]."""
+        return items[self.rank::self.world]
+
+    def unshard(self, parts: list[list]) -> list:
+        """Inverse of shard: interleave the per-rank lists back into the original order."""
+        out = []
+        for i in range(max(map(len, parts), default=0)):
+            out.extend(p[i] for p in parts if i < len(p))
+        return out
+
     def any(self, flag: bool) -> bool:
         return self.sum([float(flag)])[0] > 0
 
@@ -56,3 +75,10 @@ def setup(device: torch.device) -> Context:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return Context(rank, dist.get_world_size(), device)
+
+
+def teardown() -> None:
+    """Destroy the process group if one was created (a gloo group left to the interpreter's exit
+    can abort the process: "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -19,10 +19,12 @@ import torch
 from tqdm import tqdm
 
 from ..data import load_dataset, make_batch
+from ..data.loader import EpochBatches, prefetched
 from ..models import create_model
 from ..utils.io import atomic_path, write_json
 from . import distributed
 from .checkpoint import checkpoint_files, load_into, prune, save_checkpoint
+from .config import DEFAULTS
 from .loss import coda_loss
 
 
@@ -129,10 +131,6 @@ def _tensorboard(out_dir: str):
     return SummaryWriter(os.path.join(out_dir, "tensorboard"))
 
 
-def _batch_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1009 + rank)
-
-
 class _LossModule(torch.nn.Module):
     """model + loss in one forward, so DistributedDataParallel sees every parameter's use
     (the lambda term runs its own forward through the layers)."""
@@ -157,6 +155,8 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
     progress = progress and ctx.main
     train_set, test_set = load_splits(cfg)
     model = build_model(cfg, train_set.num_classes, train_set.channels).to(device)
+    if cfg["compile"]:
+        model.layers.compile()      # in place: parameter names and checkpoints stay the same
     if cfg["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     else:
@@ -183,8 +183,9 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
         if not files:
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         state = load_into(model, files[-1], optimizer)
-        free = ("max_minutes", "epochs")     # a resumed run may get more time or more epochs
-        saved = {k: v for k, v in state["config"].items() if k not in free}
+        # a resumed run may get more time or epochs, and load its data or compile differently
+        free = ("max_minutes", "epochs", "prefetch", "data_workers", "compile")
+        saved = {k: v for k, v in dict(DEFAULTS, **state["config"]).items() if k not in free}
         now = {k: v for k, v in cfg.items() if k not in free}
         if saved != now:
             diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(now) if saved.get(k) != now.get(k)]
@@ -232,44 +233,43 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
             bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                        disable=not progress, leave=False)
             t_loop = time.time()
-            while step < steps_per_epoch:
-                lr = learning_rate(cfg, epoch + step / steps_per_epoch)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                gen = _batch_generator(cfg["seed"], epoch, step, ctx.rank)
-                idx = perm[step * bs:(step + 1) * bs][ctx.rank::ctx.world]
-                x = make_batch(train_set, idx, cfg["augment"], gen, cfg["crop_padding"],
-                               cfg["randaugment_n"], cfg["randaugment_m"]).to(device)
-                y = train_set.labels[idx].to(device)
-                sync = not ctx.active or step % acc == acc - 1    # DDP: all-reduce on the last micro-step
-                with contextlib.nullcontext() if sync else step_loss.no_sync():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        loss, _, parts = step_loss(x, y, gen)
-                    (loss / acc).backward()
-                if not math.isfinite(loss.item()):
-                    raise TrainingStopped(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopping. "
-                                          f"The last good checkpoint in {ckpt_dir} is intact (lower lr or "
-                                          "check the data)")
-                step += 1
-                images_seen += len(idx)
-                running += loss.item()
-                count += 1
-                if step % acc == 0:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if not all(torch.isfinite(p).all() for p in model.parameters()):
-                        raise TrainingStopped(f"weights became NaN/Inf at epoch {epoch + 1}, step {step}; "
-                                              f"the last good checkpoint in {ckpt_dir} is intact")
-                    elapsed = time.time() - start
-                    updates = step // acc
-                    over_time = cfg["max_minutes"] is not None and elapsed > 60 * cfg["max_minutes"]
-                    if ctx.any(stop.signal is not None or over_time):
-                        stopped_by = "time budget" if over_time else "signal"
-                        break
-                    if updates % cfg["checkpoint_every_steps"] == 0 and step < steps_per_epoch:
-                        checkpoint()
-                bar.update(1)
-                bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr:.2e}")
+            epoch_batches = EpochBatches(train_set, perm, epoch, bs, cfg, ctx.rank, ctx.world)
+            with contextlib.closing(prefetched(epoch_batches, step, steps_per_epoch,
+                                               cfg["prefetch"], cfg["data_workers"])) as batches:
+                for x, y, gen in batches:
+                    lr = learning_rate(cfg, epoch + step / steps_per_epoch)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    sync = not ctx.active or step % acc == acc - 1    # DDP: all-reduce on the last micro-step
+                    with contextlib.nullcontext() if sync else step_loss.no_sync():
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                            loss, _, parts = step_loss(x, y, gen)
+                        (loss / acc).backward()
+                    if not math.isfinite(loss.item()):
+                        raise TrainingStopped(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopping. "
+                                              f"The last good checkpoint in {ckpt_dir} is intact (lower lr or "
+                                              "check the data)")
+                    step += 1
+                    images_seen += len(y)
+                    running += loss.item()
+                    count += 1
+                    if step % acc == 0:
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        if not all(torch.isfinite(p).all() for p in model.parameters()):
+                            raise TrainingStopped(f"weights became NaN/Inf at epoch {epoch + 1}, step {step}; "
+                                                  f"the last good checkpoint in {ckpt_dir} is intact")
+                        elapsed = time.time() - start
+                        updates = step // acc
+                        over_time = cfg["max_minutes"] is not None and elapsed > 60 * cfg["max_minutes"]
+                        if ctx.any(stop.signal is not None or over_time):
+                            stopped_by = "time budget" if over_time else "signal"
+                            break
+                        if updates % cfg["checkpoint_every_steps"] == 0 and step < steps_per_epoch:
+                            checkpoint()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr:.2e}")
             bar.close()
             train_loop_seconds += time.time() - t_loop
             elapsed = time.time() - start
