@@ -154,3 +154,21 @@ def test_layer_attributes_like_conv2d():
         DAUConv2d(3, 8, 3, 4, nonlinearity="relu")
     with pytest.raises(ValueError, match="shape"):
         layer(torch.rand(1, 4, 8, 8))
+
+
+def test_torch_compile_gives_the_same_outputs_and_gradients():
+    """`compile=true` in training: the model under torch.compile (inductor, CPU) == eager."""
+    from codanet.models import CoDANet
+    torch.manual_seed(0)
+    model = CoDANet(in_channels=1, num_classes=3, kernel_sizes=[3, 3, 1], strides=[1, 2, 1], paddings=[1, 1, 0],
+                    channels=[4, 4, 3], ranks=[2, 3, 2], temperature=5.0)
+    x = torch.rand(3, 1, 8, 8)
+    eager_out = model(x)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(model.parameters()))
+    names = [n for n, _ in model.named_parameters()]
+    model.compile()
+    out = model(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    assert [n for n, _ in model.named_parameters()] == names          # checkpoints keep their keys
+    assert torch.allclose(out, eager_out, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, eager_grads))

@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--repeats", type=int, default=3)
     bm.add_argument("--no-reference", action="store_true", help="skip the (slow) materialised reference model")
     bm.add_argument("--json", help="write the results here")
+    bt = bsub.add_parser("training", help="the CPU preset's training loop: data loading, overlap, torch.compile")
+    bt.add_argument("--steps", type=int, default=40, help="steps per measured loop")
+    bt.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (~1-2 min)")
+    bt.add_argument("--json", help="write the results here")
 
     m = sub.add_parser("models", help="list the registered models with their parameter counts")
     m.add_argument("--counts", action="store_true")
@@ -203,6 +207,9 @@ def main(argv=None) -> int:
             if args.bench == "models":
                 from .bench import models as bench_models
                 return bench_models.main(args)
+            if args.bench == "training":
+                from .bench import training as bench_training
+                return bench_training.main(args)
             from .bench import layers
             return layers.main(args)
         if args.command == "train":

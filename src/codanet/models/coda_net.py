@@ -144,9 +144,16 @@ class CoDANet(nn.Module):
         eye = torch.eye(k, dtype=a.dtype, device=a.device) / self.temperature
         grad = eye[None, :, :, None, None].expand(n, k, k, *a.shape[2:])   # d logit_k / d a_L
         for layer, (shape, z, alpha) in zip(reversed(self.layers), reversed(saved)):
-            grad = layer.backproject(grad, layer.weights_per_position(z, alpha), shape)
+            grad = layer.backproject(grad, layer.weights_per_position(z), shape, alpha)
         return dict(logits=logits, prediction=logits.argmax(1), linear_map=grad,
                     contributions=(grad * x_encoded[:, None]).sum(2))
+
+    def compile(self, **kwargs) -> None:
+        """torch.compile the network in place (parameter names, checkpoints unchanged).
+
+        Only `forward_encoded` is compiled: the input checks of `forward` read x.min()/x.max() as
+        Python numbers, which would make dynamo recompile for every batch."""
+        self.forward_encoded = torch.compile(self.forward_encoded, **kwargs)
 
     @property
     def dtype(self) -> torch.dtype:

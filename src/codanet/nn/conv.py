@@ -55,24 +55,30 @@ class DAUConv2d(_DAUBase):
                 f"nonlinearity={self.nonlinearity!r}, bias={self.b is not None}")
 
     # -- explanations for many outputs at once (used by CoDANet.explain_all) ------------
-    def weights_per_position(self, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def weights_per_position(self, z: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
         """w_j(x) = alpha_j A'_j z' at every position, materialised: (N, P, out, d).
 
         Only for explaining many outputs at once: back-projecting K gradients through the
-        materialised weights costs K*out*d per position instead of K*out*(r+1)*d.
+        materialised weights costs K*out*d per position instead of K*out*(r+1)*d.  With
+        alpha=None the scale alpha_j is left out (`backproject` can apply it to the gradient,
+        K*out values per position instead of out*d).
         """
         Ap = self.augmented_A().flatten(2)                                  # (out, r', d)
         w = (z @ Ap.transpose(0, 1).flatten(1)).unflatten(-1, (Ap.shape[0], Ap.shape[2]))
-        return alpha.unsqueeze(-1) * w
+        return w if alpha is None else alpha.unsqueeze(-1) * w
 
-    def backproject(self, grad: torch.Tensor, weights: torch.Tensor, input_shape) -> torch.Tensor:
+    def backproject(self, grad: torch.Tensor, weights: torch.Tensor, input_shape,
+                    alpha: torch.Tensor | None = None) -> torch.Tensor:
         """Transpose of the layer with fixed weights: grad (N, K, out, H', W') -> (N, K, C_in, H, W).
 
         Row (j, position) of W_l(x) is w_j at that position, so the input gradient is
         sum_j grad_j * w_j, scattered back to the input's pixels (fold is the adjoint of unfold).
+        `alpha` (N, P, out): the scales, when `weights` come without them.
         """
         n, k = grad.shape[:2]
         g = grad.flatten(3).permute(0, 3, 1, 2)                             # (N, P, K, out)
+        if alpha is not None:
+            g = g * alpha.unsqueeze(2)
         patches = (g @ weights).permute(0, 2, 3, 1)                         # (N, K, d, P)
         out = F.fold(patches.flatten(0, 1), input_shape[-2:], self.kernel_size,
                      padding=self.padding, stride=self.stride)

@@ -18,7 +18,7 @@ DEFAULTS: dict = dict(
     warmup_epochs=0, warmup_start_lr=2.5e-4, final_lr_fraction=0.05,
     lam=0.0,
     augment="none", crop_padding=4, randaugment_n=2, randaugment_m=10.0,
-    seed=0, device="auto", bf16=True, threads=None, compile=False, prefetch="thread", data_workers=2,
+    seed=0, device="auto", bf16=True, threads=None, compile=False, prefetch="auto", data_workers=2,
     checkpoint_every_steps=500, keep_checkpoints=3, eval_batch_size=500,
     max_minutes=None,
 )
@@ -43,9 +43,9 @@ HELP = dict(
     randaugment_n="RandAugment ops per image", randaugment_m="RandAugment magnitude (0-30)",
     seed="random seed (everything random derives from it)", device="auto | cpu | cuda",
     bf16="bf16 autocast on CUDA", threads="CPU threads (null: torch default)",
-    compile="torch.compile the layers (first steps slower while it compiles; see the README)",
-    prefetch="none | thread (build the next batches while a step runs) | processes (data_workers "
-             "worker processes; for datasets of image files)",
+    compile="torch.compile the model (first steps slower while it compiles; see the README)",
+    prefetch="auto (in memory: none; image files: thread on CPU, processes on GPU) | none | thread "
+             "(build the next batches while a step runs) | processes (data_workers worker processes)",
     data_workers="worker processes when prefetch=processes",
     checkpoint_every_steps="optimiser updates between checkpoints",
     keep_checkpoints="how many recent checkpoints to keep", eval_batch_size="test batch size",
@@ -54,7 +54,7 @@ HELP = dict(
 
 _CHOICES = dict(nonlinearity=("sq", "l2"), optimizer=("adam", "sgd"), device=("auto", "cpu", "cuda"),
                 schedule=("constant", "step", "warmup", "linear"),
-                augment=("none", "crop_flip", "randaugment"), prefetch=("none", "thread", "processes"))
+                augment=("none", "crop_flip", "randaugment"), prefetch=("auto", "none", "thread", "processes"))
 _POSITIVE_INT = ("epochs", "batch_size", "accumulate", "lr_step_epochs", "checkpoint_every_steps",
                  "keep_checkpoints", "eval_batch_size", "randaugment_n", "data_workers")
 _OPTIONAL_POSITIVE_INT = ("max_train_images", "max_test_images", "threads", "rank")

@@ -156,7 +156,7 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
     train_set, test_set = load_splits(cfg)
     model = build_model(cfg, train_set.num_classes, train_set.channels).to(device)
     if cfg["compile"]:
-        model.layers.compile()      # in place: parameter names and checkpoints stay the same
+        model.compile()      # in place: parameter names and checkpoints stay the same
     if cfg["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     else:
@@ -234,8 +234,8 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
                        disable=not progress, leave=False)
             t_loop = time.time()
             epoch_batches = EpochBatches(train_set, perm, epoch, bs, cfg, ctx.rank, ctx.world)
-            with contextlib.closing(prefetched(epoch_batches, step, steps_per_epoch,
-                                               cfg["prefetch"], cfg["data_workers"])) as batches:
+            with contextlib.closing(prefetched(epoch_batches, step, steps_per_epoch, cfg["prefetch"],
+                                               cfg["data_workers"], device_type=device.type)) as batches:
                 for x, y, gen in batches:
                     lr = learning_rate(cfg, epoch + step / steps_per_epoch)
                     for g in optimizer.param_groups:
