@@ -8,14 +8,14 @@ run sees exactly the batches an uninterrupted one would.
 
     prefetch = "auto"       in-memory datasets: "none"; image files: "thread" on CPU, "processes"
                             when training on a GPU (`codanet bench training`: on 2 CPU cores an
-                            in-memory batch takes ~1 ms against a ~360 ms step and a thread only
-                            costs (0.87x); decoding JPEGs takes ~5 % of a step, a thread gains
-                            4 %, two worker processes compete with the step for the cores, 0.76x)
+                            in-memory batch takes ~1 ms against a ~360 ms step and a thread slows
+                            the loop to 0.87x; decoding JPEGs takes ~5 % of a step, a thread gains
+                            4 %, two worker processes compete with the step for the cores: 0.76x)
              = "none"       build each batch in the training loop
              = "thread"     one background thread keeps `depth` batches ready (in-memory datasets:
                             the augmentation's tensor ops release the GIL)
              = "processes"  `workers` processes (torch DataLoader) for datasets that decode image
-                            files (TinyImagenet, ImageNet), where PIL decoding is the bottleneck
+                            files (TinyImagenet, ImageNet) when the CPU cores are not busy training
 """
 from __future__ import annotations
 
