@@ -21,7 +21,8 @@ from .layers import matmul_gflops, timed
 from .resnet import ResNet56
 
 
-def _train_step(model, opt, x, y, k):
+def train_step(model, opt, x, y, k):
+    """A closure for one training step: BCE on one-hot targets (eq. 9, lambda = 0), backward, update."""
     def step():
         out = model(x)
         loss = F.binary_cross_entropy_with_logits(out, F.one_hot(y, k).float())
@@ -54,7 +55,7 @@ def measure(name: str, size: int, channels: int, batch: int, repeats: int, with_
     for label, m in models.items():
         opt = torch.optim.Adam(m.parameters(), 1e-4)
         m.train()
-        t_train = timed(_train_step(m, opt, x, y, k), repeats)
+        t_train = timed(train_step(m, opt, x, y, k), repeats)
         m.eval()
         with torch.no_grad():
             t_inf = timed(lambda: m(x), repeats)

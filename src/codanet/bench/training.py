@@ -23,13 +23,13 @@ import time
 import torch
 
 from ..data import load_dataset
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, image_folder
 from ..data.loader import EpochBatches, prefetched
 from ..models import create_model
 from ..train.config import make_config
-from ..train.loss import coda_loss
 from ..utils.io import write_json
 from .layers import timed
+from .models import train_step
 
 
 def _dataset(n: int = 6400) -> tuple[Dataset, str]:
@@ -57,7 +57,6 @@ def _jpeg_folder(root: str, classes: int = 4, per_class: int = 96) -> None:
 
 
 def _image_file_loops(steps: int, batch: int) -> dict:
-    from ..data.datasets import image_folder
     with tempfile.TemporaryDirectory() as root:
         _jpeg_folder(root)
         ds = image_folder("train", root, image_size=64, name="jpeg files")
@@ -65,27 +64,20 @@ def _image_file_loops(steps: int, batch: int) -> dict:
         model = create_model("coda_cpu", num_classes=ds.num_classes, in_channels=3)
         opt = torch.optim.Adam(model.parameters(), 1e-4)
         out = dict(images=len(ds), size=64, batch_ms=1e3 * timed(lambda: batches[1], 3))
-        x, y, gen = batches[0]
-        out["step_ms"] = 1e3 * timed(lambda: _step(model, opt, x, y, gen), 3)
+        x, y, _ = batches[0]
+        out["step_ms"] = 1e3 * timed(train_step(model, opt, x, y, ds.num_classes), 3)
         loops = {m: batch / _loop(model, opt, batches, steps, m) for m in ("none", "thread", "processes")}
     out["loop_images_per_second"] = loops
     return out
 
 
-def _step(model, opt, x, y, gen) -> None:
-    """One training step as in `train` (loss eq. 9, backward, Adam)."""
-    loss = coda_loss(model, x, y, 0.0, gen)[0]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-def _loop(model, opt, batches, steps: int, prefetch: str, start: int = 0) -> float:
+def _loop(model, opt, batches, steps: int, prefetch: str) -> float:
     """Seconds per step over `steps` steps of the real loop (batches from `prefetched`)."""
+    k = batches.dataset.num_classes
     t = time.perf_counter()
-    with contextlib.closing(prefetched(batches, start, start + steps, prefetch)) as stream:
-        for x, y, gen in stream:
-            _step(model, opt, x, y, gen)
+    with contextlib.closing(prefetched(batches, 0, steps, prefetch)) as stream:
+        for x, y, _ in stream:
+            train_step(model, opt, x, y, k)()
     return (time.perf_counter() - t) / steps
 
 
@@ -100,11 +92,11 @@ def run(steps: int = 40, batch: int = 64, compile: bool = True) -> dict:
         raise ValueError(f"--steps must lie in [1, {len(batches)}], got {steps}")
     model = create_model("coda_cpu", num_classes=10)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
-    x, y, gen = batches[0]
+    x, y, _ = batches[0]
     out = dict(model="coda_cpu", batch=batch, steps=steps, data=source, threads=torch.get_num_threads(),
                torch=torch.__version__,
                batch_ms=1e3 * timed(lambda: batches[1], 5),
-               step_ms=1e3 * timed(lambda: _step(model, opt, x, y, gen), 5))
+               step_ms=1e3 * timed(train_step(model, opt, x, y, 10), 5))
     loops = {}
     for prefetch in ("none", "thread", "none", "thread"):     # alternate, keep the faster of two
         s = _loop(model, opt, batches, steps, prefetch)

@@ -53,7 +53,8 @@ def pixel_removal(model, method, images: torch.Tensor, labels: torch.Tensor, fra
 
     With a distributed `ctx` (torchrun), every rank takes images[rank::world] and the curves are
     averaged over all images, so each rank returns what one process would (up to float rounding)."""
-    counts = removal_counts(images.shape[2] * images.shape[3], fraction, steps)
+    num_pixels = images.shape[2] * images.shape[3]
+    counts = removal_counts(num_pixels, fraction, steps)
     if ctx is not None and ctx.active:
         images, labels = ctx.shard(images), ctx.shard(labels)
     maps = []
@@ -68,6 +69,5 @@ def pixel_removal(model, method, images: torch.Tensor, labels: torch.Tensor, fra
     if ctx is not None and ctx.active:
         total = ctx.sum([float(len(images))])[0]
         curve = torch.tensor(ctx.sum((curve.double() * len(images)).tolist())) / total
-    num_pixels = images.shape[2] * images.shape[3]
     return dict(fractions=[c / num_pixels for c in counts], curve=curve.tolist(),
                 area=float(curve.mean()), final=float(curve[-1]), least_first=least_first)

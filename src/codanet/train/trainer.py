@@ -83,7 +83,7 @@ def evaluate_accuracy(model, dataset, batch_size: int = 500, device="cpu", progr
     ctx = ctx or distributed.Context()
     model.eval()
     top1 = top5 = 0
-    shard = list(range(ctx.rank, len(dataset), ctx.world))
+    shard = list(ctx.shard(range(len(dataset))))
     for start in tqdm(range(0, len(shard), batch_size), desc="eval", leave=False, disable=not progress):
         idx = shard[start:start + batch_size]
         x = make_batch(dataset, idx, "none", None, train=False).to(device)
