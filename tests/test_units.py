@@ -137,6 +137,43 @@ def test_explanation_gradient_equals_product_of_layer_matrices():
     assert not torch.allclose(g_normal, W[0])
 
 
+def test_gram_form_values_and_gradients():
+    """The symmetric-Gram quadratic form (custom backward) against autograd of z^T G_j z."""
+    from codanet.nn.dau import gram_form
+    torch.manual_seed(0)
+    A = torch.randn(4, 5, 7, dtype=torch.float64)
+    gram = (A @ A.transpose(1, 2)).requires_grad_()              # symmetric, as in the layer
+    z = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    q = gram_form(z, gram)
+    ref = torch.einsum("...s,jst,...t->...j", z, gram, z)
+    assert q.shape == (3, 2, 4) and _rel(q, ref) <= 1e-12
+    g = torch.randn_like(q)
+    assert all(_rel(a, b) <= 1e-12 for a, b in zip(torch.autograd.grad(q, [z, gram], g),
+                                                  torch.autograd.grad(ref, [z, gram], g)))
+    assert torch.autograd.gradcheck(gram_form, (z, gram))
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, 1), (4, 2, 3), (1, 1, 0), (5, 3, 0)])
+def test_backproject_equals_autograd_for_many_outputs(k, stride, padding):
+    """DAUConv2d.backproject (K cotangents through the materialised weights) == K explanation-mode
+    backward passes, for kernels, strides and paddings where the patches overlap or leave pixels out."""
+    torch.manual_seed(0)
+    layer = DAUConv2d(3, 4, k, 2, stride=stride, padding=padding).double()
+    _randomise_bias(layer)
+    x = torch.rand(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    with explanation_mode(layer):
+        out = layer(x)
+    K = 3
+    grads = torch.randn(2, K, *out.shape[1:], dtype=torch.float64)      # (N, K, out, H', W')
+    want = torch.stack([torch.autograd.grad(out, x, grads[:, i], retain_graph=True)[0]
+                        for i in range(K)], 1)                          # (N, K, C_in, H, W)
+    with torch.no_grad():
+        z, alpha = layer.dynamic_weights(x)
+        got = layer.backproject(grads.permute(0, 3, 4, 1, 2), layer.weights_per_position(z), x.shape, alpha)
+    assert got.shape == (2, 9, 7, K, 3)
+    assert _rel(got.permute(0, 3, 4, 1, 2), want) <= 1e-12
+
+
 def test_explanation_mode_restores_flags_after_exception():
     net = torch.nn.Sequential(DAUConv2d(2, 2, 3, 2), DAUConv2d(2, 2, 3, 2))
     with pytest.raises(RuntimeError):

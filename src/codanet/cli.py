@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
 
     bm = bsub.add_parser("models", help="whole-model training/inference speed and explanation cost")
-    bm.add_argument("--repeats", type=int, default=3)
+    bm.add_argument("--repeats", type=int, default=5)
     bm.add_argument("--no-reference", action="store_true", help="skip the (slow) materialised reference model")
     bm.add_argument("--json", help="write the results here")
     bt = bsub.add_parser("training", help="the CPU preset's training loop: data loading, overlap, torch.compile")

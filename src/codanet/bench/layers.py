@@ -100,13 +100,23 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    """Median seconds of `repeats` calls of fn after one warm-up call."""
+    return timed_together({"fn": fn}, repeats)["fn"]
+
+
+def timed_together(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, calling them in turn (a, b, c, a, b, c, ...).
+
+    Interleaving makes ratios between them robust to the machine's load drifting during a run."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def run(batch: int = 64, repeats: int = 3, memory: bool = True, progress: bool = True) -> dict:
@@ -117,8 +127,9 @@ def run(batch: int = 64, repeats: int = 3, memory: bool = True, progress: bool =
     rows = []
     for i in tqdm(range(len(model.layers)), desc="layers", disable=not progress):
         layer, a = model.layers[i], inputs[i]
-        t_eff = timed(lambda: _step("efficient", layer, a), repeats)
-        t_ref = timed(lambda: _step("reference", layer, a), repeats)
+        t = timed_together({impl: (lambda impl=impl: _step(impl, layer, a))
+                            for impl in ("efficient", "reference")}, repeats)
+        t_eff, t_ref = t["efficient"], t["reference"]
         flops = layer_flops(layer, a)
         row = dict(layer=i + 1, shape=f"{layer.in_channels}->{layer.out_channels} k{layer.kernel_size} "
                    f"s{layer.stride} r{layer.rank} @{a.shape[2]}", efficient_ms=t_eff * 1e3,

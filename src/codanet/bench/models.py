@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..models import create_model
 from ..nn.reference import materialised_model
 from ..utils.io import write_json
-from .layers import matmul_gflops, timed
+from .layers import matmul_gflops, timed_together
 from .resnet import ResNet56
 
 
@@ -51,21 +51,23 @@ def measure(name: str, size: int, channels: int, batch: int, repeats: int, with_
     if with_reference:
         models["CoDA (materialised)"] = materialised_model(models["CoDA (low-rank)"])
     models["ResNet-56"] = ResNet56(k, channels)
-    row = {}
-    for label, m in models.items():
-        opt = torch.optim.Adam(m.parameters(), 1e-4)
+    # Each comparison times its contenders in turn (a, b, c, a, b, c, ...), see `timed_together`.
+    for m in models.values():
         m.train()
-        t_train = timed(train_step(m, opt, x, y, k), repeats)
+    t_train = timed_together({label: train_step(m, torch.optim.Adam(m.parameters(), 1e-4), x, y, k)
+                              for label, m in models.items()}, repeats)
+    for m in models.values():
         m.eval()
-        with torch.no_grad():
-            t_inf = timed(lambda: m(x), repeats)
-        row[label] = dict(train_images_per_second=batch / t_train, inference_images_per_second=batch / t_inf)
+    with torch.no_grad():
+        t_inf = timed_together({label: (lambda m=m: m(x)) for label, m in models.items()}, repeats)
+    row = {label: dict(train_images_per_second=batch / t_train[label],
+                       inference_images_per_second=batch / t_inf[label]) for label in models}
     coda = models["CoDA (low-rank)"]
-    row["CoDA (low-rank)"]["train_gflops"] = model_flops(coda, x) / (batch / row["CoDA (low-rank)"]["train_images_per_second"]) / 1e9
+    row["CoDA (low-rank)"]["train_gflops"] = model_flops(coda, x) / t_train["CoDA (low-rank)"] / 1e9
     xe = x[:16]
-    t_fwd = timed(lambda: coda(xe), repeats)
-    t_one = timed(lambda: coda.explain(xe, target=0), repeats)
-    t_all = timed(lambda: coda.explain_all(xe), repeats)
+    t = timed_together(dict(forward=lambda: coda(xe), one=lambda: coda.explain(xe, target=0),
+                            all=lambda: coda.explain_all(xe)), repeats)
+    t_fwd, t_one, t_all = t["forward"], t["one"], t["all"]
     return dict(model=name, size=size, batch=batch, results=row,
                 explain=dict(forward_ms_per_image=1e3 * t_fwd / 16, explain_ms_per_image=1e3 * t_one / 16,
                              explain_all_ms_per_image=1e3 * t_all / 16,

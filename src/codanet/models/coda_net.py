@@ -142,11 +142,12 @@ class CoDANet(nn.Module):
         logits = a.sum((2, 3)) / self.temperature + self.logit_bias
         n, k = x.shape[0], self.num_classes
         eye = torch.eye(k, dtype=a.dtype, device=a.device) / self.temperature
-        grad = eye[None, :, :, None, None].expand(n, k, k, *a.shape[2:])   # d logit_k / d a_L
+        grad = eye.expand(n, *a.shape[2:], k, k)        # d logit_k / d a_L, (N, H_L, W_L, K, K)
         for layer, (shape, z, alpha) in zip(reversed(self.layers), reversed(saved)):
             grad = layer.backproject(grad, layer.weights_per_position(z), shape, alpha)
-        return dict(logits=logits, prediction=logits.argmax(1), linear_map=grad,
-                    contributions=(grad * x_encoded[:, None]).sum(2))
+        linear_map = grad.permute(0, 3, 4, 1, 2).contiguous()              # (N, K, 2C, H, W)
+        return dict(logits=logits, prediction=logits.argmax(1), linear_map=linear_map,
+                    contributions=(linear_map * x_encoded[:, None]).sum(2))
 
     def compile(self, **kwargs) -> None:
         """torch.compile the network in place (parameter names, checkpoints unchanged).

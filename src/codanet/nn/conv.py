@@ -69,17 +69,27 @@ class DAUConv2d(_DAUBase):
 
     def backproject(self, grad: torch.Tensor, weights: torch.Tensor, input_shape,
                     alpha: torch.Tensor | None = None) -> torch.Tensor:
-        """Transpose of the layer with fixed weights: grad (N, K, out, H', W') -> (N, K, C_in, H, W).
+        """Transpose of the layer with fixed weights, for K output gradients at once.
 
+        grad: (N, H', W', K, out), positions-major like `weights` -> (N, H, W, K, C_in).
         Row (j, position) of W_l(x) is w_j at that position, so the input gradient is
-        sum_j grad_j * w_j, scattered back to the input's pixels (fold is the adjoint of unfold).
-        `alpha` (N, P, out): the scales, when `weights` come without them.
+        sum_j grad_j * w_j (one small matrix product per position), scattered back to the pixels
+        each patch came from (the adjoint of unfold).  `alpha` (N, P, out): the scales, when
+        `weights` come without them.
         """
-        n, k = grad.shape[:2]
-        g = grad.flatten(3).permute(0, 3, 1, 2)                             # (N, P, K, out)
+        n, ho, wo, k, _ = grad.shape
+        ks, s, p = self.kernel_size, self.stride, self.padding
+        g = grad.reshape(n, ho * wo, k, -1)                                 # (N, P, K, out)
         if alpha is not None:
             g = g * alpha.unsqueeze(2)
-        patches = (g @ weights).permute(0, 2, 3, 1)                         # (N, K, d, P)
-        out = F.fold(patches.flatten(0, 1), input_shape[-2:], self.kernel_size,
-                     padding=self.padding, stride=self.stride)
-        return out.unflatten(0, (n, k))
+        patches = (g @ weights).view(n, ho, wo, k, self.in_channels, ks, ks)
+        # Adjoint of unfold: kernel offset (dy, dx) of output pixel (y, x) came from padded input
+        # pixel (s*y + dy, s*x + dx).  One strided add per offset, in this channels-last layout,
+        # is ~3x faster than F.fold here (which needs the patches transposed first).
+        h, w = input_shape[-2:]
+        out = patches.new_zeros(n, max(s * (ho - 1) + ks, h + 2 * p), max(s * (wo - 1) + ks, w + 2 * p),
+                                k, self.in_channels)
+        for dy in range(ks):
+            for dx in range(ks):
+                out[:, dy:dy + s * (ho - 1) + 1:s, dx:dx + s * (wo - 1) + 1:s] += patches[..., dy, dx]
+        return out[:, p:p + h, p:p + w]

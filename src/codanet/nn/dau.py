@@ -25,6 +25,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .rescale import check_nonlinearity, rescale_factor
 
@@ -48,6 +49,36 @@ class _Contract(torch.autograd.Function):
 def contract(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Batched matrix-vector product (..., J, S) x (..., S) -> (..., J)."""
     return _Contract.apply(M, v)
+
+
+class _GramForm(torch.autograd.Function):
+    """q[..., j] = z^T G_j z for symmetric G_j, using the symmetry in the backward pass.
+
+    Forward: G_j z for every unit (one GEMM), then z^T (G_j z).  Backward: dq/dz = 2 G_j z
+    reuses the forward's G_j z, so the backward costs one GEMM (dq/dG_j = z z^T) instead of
+    the two that autograd would run -- a third less work for the Gram term in training.
+    """
+
+    @staticmethod
+    def forward(ctx, z, gram):
+        out, r1 = gram.shape[:2]
+        gz = (z @ gram.flatten(0, 1).t()).unflatten(-1, (out, r1))        # (..., out, r')
+        ctx.save_for_backward(z, gz)
+        return (gz @ z.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        z, gz = ctx.saved_tensors
+        dz = 2 * (grad.unsqueeze(-2) @ gz).squeeze(-2)                    # sum_j q_j' 2 G_j z
+        outer = (grad.unsqueeze(-1) * z.unsqueeze(-2)).flatten(0, -3)       # (M, out, r')
+        dgram = torch.einsum("mjs,mt->jst", outer, z.flatten(0, -2))        # sum q_j' z z^T
+        return dz, dgram
+
+
+def gram_form(z: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """z'^T G_j z' for every unit j: z (..., r'), symmetric gram (out, r', r') -> (..., out)."""
+    return _GramForm.apply(z, gram)
 
 
 class _DAUBase(nn.Module):
@@ -113,8 +144,7 @@ class _DAUBase(nn.Module):
                 zz = (zn.unsqueeze(-1) * zn.unsqueeze(-2)).flatten(-2)            # (N, P, r'^2)
                 squared_norm = zz @ gram.flatten(1).t()                           # (N, P, out)
             else:           # cheaper: G_j z' for every unit (out*r' per position), then z'^T (G_j z')
-                zg = (zn @ gram.permute(2, 0, 1).flatten(1)).unflatten(-1, (out, r1))
-                squared_norm = contract(zg, zn)
+                squared_norm = gram_form(zn, gram)
             return z, rescale_factor(squared_norm, self.nonlinearity)
 
     def apply_weights(self, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
