@@ -137,6 +137,19 @@ def test_explanation_gradient_equals_product_of_layer_matrices():
     assert not torch.allclose(g_normal, W[0])
 
 
+@pytest.mark.parametrize("shape", [(2, 6, 5), (3, 1, 5), (7, 5), (2, 3, 4, 5)])
+def test_matmul_rows_equals_matmul(shape):
+    """The 1x1-convolution route for the layer's skinny matmuls (oneDNN) == x @ W^T, and its weight
+    gradient == sum_m g_m x_m^T, with and without positions."""
+    from codanet.nn.dau import matmul_rows, matmul_rows_weight_grad
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64)
+    w = torch.randn(8, shape[-1], dtype=torch.float64)
+    g = torch.randn(*shape[:-1], 8, dtype=torch.float64)
+    assert _rel(matmul_rows(x, w), x @ w.t()) <= 1e-13
+    assert _rel(matmul_rows_weight_grad(x, g), g.reshape(-1, 8).t() @ x.reshape(-1, shape[-1])) <= 1e-13
+
+
 def test_gram_form_values_and_gradients():
     """The symmetric-Gram quadratic form (custom backward) against autograd of z^T G_j z."""
     from codanet.nn.dau import gram_form

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     bm = bsub.add_parser("models", help="whole-model training/inference speed and explanation cost")
     bm.add_argument("--repeats", type=int, default=5)
     bm.add_argument("--no-reference", action="store_true", help="skip the (slow) materialised reference model")
+    bm.add_argument("--glibc-defaults", action="store_true",
+                    help="measure with malloc's defaults instead of keep_freed_memory() (page faults every step)")
     bm.add_argument("--json", help="write the results here")
     bt = bsub.add_parser("training", help="the CPU preset's training loop: data loading, overlap, torch.compile")
     bt.add_argument("--steps", type=int, default=40, help="steps per measured loop")
@@ -201,7 +203,8 @@ def _experiment(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .utils.perf import keep_freed_memory
-    keep_freed_memory()
+    if not getattr(args, "glibc_defaults", False):
+        keep_freed_memory()
     try:
         if args.command == "bench":
             if args.bench == "models":

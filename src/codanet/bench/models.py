@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..models import create_model
 from ..nn.reference import materialised_model
 from ..utils.io import write_json
-from .layers import matmul_gflops, timed_together
+from .layers import conv_gflops, matmul_gflops, timed_together
 from .resnet import ResNet56
 
 
@@ -75,10 +75,14 @@ def measure(name: str, size: int, channels: int, batch: int, repeats: int, with_
                              all_class_over_ten_single=t_all / (10 * t_one)))
 
 
-def run(repeats: int = 3, with_reference: bool = True) -> dict:
+def run(repeats: int = 3, with_reference: bool = True, glibc_defaults: bool = False) -> dict:
+    """`glibc_defaults`: leave malloc as a plain Python process has it (large blocks returned to the
+    OS and page-faulted in again), instead of `keep_freed_memory()`; the materialised model, which
+    allocates far more, suffers much more from that."""
     from ..utils.perf import keep_freed_memory
-    keep_freed_memory()
-    mm = matmul_gflops()
+    if not glibc_defaults:
+        keep_freed_memory()
+    mm, conv = matmul_gflops(), conv_gflops()
     out = [measure("coda_s", 32, 3, 64, repeats, with_reference),
            measure("coda_cpu", 28, 1, 64, repeats, with_reference)]
     for r in out:
@@ -91,8 +95,10 @@ def run(repeats: int = 3, with_reference: bool = True) -> dict:
             inference_vs_materialised=coda["inference_images_per_second"] / res["CoDA (materialised)"]["inference_images_per_second"]
             if "CoDA (materialised)" in res else None,
             inference_vs_resnet56=coda["inference_images_per_second"] / res["ResNet-56"]["inference_images_per_second"],
-            train_flop_rate_vs_matmul=coda["train_gflops"] / mm)
-    return dict(matmul_gflops=mm, threads=torch.get_num_threads(), torch=torch.__version__, models=out)
+            train_flop_rate_vs_matmul=coda["train_gflops"] / mm,
+            train_flop_rate_vs_conv=coda["train_gflops"] / conv)
+    return dict(matmul_gflops=mm, conv_gflops=conv, threads=torch.get_num_threads(), torch=torch.__version__,
+                allocator="glibc defaults" if glibc_defaults else "keep_freed_memory", models=out)
 
 
 def format_table(result: dict) -> str:
@@ -102,21 +108,23 @@ def format_table(result: dict) -> str:
             lines.append(f"| {r['model']} | {r['size']}x{r['size']}, {r['batch']} | {label} | "
                          f"{v['train_images_per_second']:.1f} | {v['inference_images_per_second']:.1f} |")
     lines += ["", "| model | train vs materialised | train vs ResNet-56 | inference vs materialised | inference vs ResNet-56 "
-              "| train FLOP rate / matmul | explain / forward | all-class / single | all-class / 10 single |",
+              "| train FLOP rate / matmul (/ conv) | explain / forward | all-class / single | all-class / 10 single |",
               "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
     for r in result["models"]:
         q, e = r["ratios"], r["explain"]
         lines.append(f"| {r['model']} | {fmt(q['train_vs_materialised'])} | {fmt(q['train_vs_resnet56'])} | "
                      f"{fmt(q['inference_vs_materialised'])} | {fmt(q['inference_vs_resnet56'])} | "
-                     f"{100 * q['train_flop_rate_vs_matmul']:.0f} % | {e['explain_over_forward']:.2f}x | "
+                     f"{100 * q['train_flop_rate_vs_matmul']:.0f} % ({100 * q['train_flop_rate_vs_conv']:.0f} %) | {e['explain_over_forward']:.2f}x | "
                      f"{e['all_class_over_single']:.2f}x | {e['all_class_over_ten_single']:.2f}x |")
-    lines.append(f"\nsame-run matmul: {result['matmul_gflops']:.0f} GFLOP/s on {result['threads']} threads")
+    lines.append(f"\nsame-run matmul: {result['matmul_gflops']:.0f} GFLOP/s, 3x3 convolution: "
+                 f"{result['conv_gflops']:.0f} GFLOP/s, on {result['threads']} threads; "
+                 f"allocator: {result['allocator']}")
     return "\n".join(lines)
 
 
 def main(args) -> int:
-    result = run(args.repeats, not args.no_reference)
+    result = run(args.repeats, not args.no_reference, args.glibc_defaults)
     print(format_table(result))
     if args.json:
         write_json(args.json, result)

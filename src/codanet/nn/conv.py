@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dau import _DAUBase
+from .dau import _DAUBase, matmul_rows
 
 
 class DAUConv2d(_DAUBase):
@@ -64,7 +64,7 @@ class DAUConv2d(_DAUBase):
         K*out values per position instead of out*d).
         """
         Ap = self.augmented_A().flatten(2)                                  # (out, r', d)
-        w = (z @ Ap.transpose(0, 1).flatten(1)).unflatten(-1, (Ap.shape[0], Ap.shape[2]))
+        w = matmul_rows(z, Ap.transpose(1, 2).flatten(0, 1)).unflatten(-1, (Ap.shape[0], Ap.shape[2]))
         return w if alpha is None else alpha.unsqueeze(-1) * w
 
     def backproject(self, grad: torch.Tensor, weights: torch.Tensor, input_shape,
