@@ -141,7 +141,7 @@ def test_explanation_gradient_equals_product_of_layer_matrices():
 def test_matmul_rows_equals_matmul(shape):
     """The 1x1-convolution route for the layer's skinny matmuls (oneDNN) == x @ W^T, and its weight
     gradient == sum_m g_m x_m^T, with and without positions."""
-    from codanet.nn.dau import matmul_rows, matmul_rows_weight_grad
+    from codanet.nn.kernels import matmul_rows, matmul_rows_weight_grad
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64)
     w = torch.randn(8, shape[-1], dtype=torch.float64)
@@ -152,7 +152,7 @@ def test_matmul_rows_equals_matmul(shape):
 
 def test_gram_form_values_and_gradients():
     """The symmetric-Gram quadratic form (custom backward) against autograd of z^T G_j z."""
-    from codanet.nn.dau import gram_form
+    from codanet.nn.kernels import gram_form
     torch.manual_seed(0)
     A = torch.randn(4, 5, 7, dtype=torch.float64)
     gram = (A @ A.transpose(1, 2)).requires_grad_()              # symmetric, as in the layer

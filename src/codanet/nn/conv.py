@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dau import _DAUBase, matmul_rows
+from .dau import _DAUBase
+from .kernels import matmul_rows
 
 
 class DAUConv2d(_DAUBase):
