@@ -6,11 +6,12 @@ the loss (which draws the random "other class" of eq. 10 from it).  Batches are 
 same whether they are built inline, in a background thread or in worker processes, and a resumed
 run sees exactly the batches an uninterrupted one would.
 
-    prefetch = "auto"       in-memory datasets: "none"; image files: "thread" on CPU, "processes"
-                            when training on a GPU (`codanet bench training`: on 2 CPU cores an
-                            in-memory batch takes ~1 ms against a ~360 ms step and a thread slows
-                            the loop to 0.87x; decoding JPEGs takes ~5 % of a step, a thread gains
-                            4 %, two worker processes compete with the step for the cores: 0.76x)
+    prefetch = "auto"       "processes" for image files when training on a GPU, else "none"
+                            (`codanet bench training`, 2 CPU cores: an in-memory batch takes ~1 ms
+                            against a 175-360 ms step, and a thread slows the loop to 0.83-0.87x;
+                            decoding JPEGs takes 5-7 % of a step, a thread gave 0.90-1.04x in three
+                            runs, two worker processes compete with the step for the cores:
+                            0.61-0.76x)
              = "none"       build each batch in the training loop
              = "thread"     one background thread keeps `depth` batches ready (in-memory datasets:
                             the augmentation's tensor ops release the GIL)
@@ -81,7 +82,7 @@ def prefetched(batches: EpochBatches, start: int, stop: int, prefetch: str = "au
         raise ValueError(f"prefetch must be one of {', '.join(PREFETCH)}, got {prefetch!r}")
     if prefetch == "auto":
         files = batches.dataset.paths is not None
-        prefetch = "none" if not files else "processes" if device_type == "cuda" else "thread"
+        prefetch = "processes" if files and device_type == "cuda" else "none"
     if prefetch == "none":
         for step in range(start, stop):
             yield _with_generator(batches[step])
