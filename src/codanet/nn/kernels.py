@@ -37,6 +37,11 @@ class _Contract(torch.autograd.Function):
         return dM, dv
 
 
+def contract(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched matrix-vector product (..., J, S) x (..., S) -> (..., J)."""
+    return _Contract.apply(M, v)
+
+
 def _as_images(x: torch.Tensor) -> torch.Tensor:
     """View x (..., P, S) as channels-last images (B, S, P, 1): S channels at P positions."""
     return x.reshape(-1, x.shape[-2], 1, x.shape[-1]).permute(0, 3, 1, 2)
@@ -61,11 +66,6 @@ def matmul_rows_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
         return grad.reshape(-1, o).t() @ x.reshape(-1, s)
     w = torch.nn.grad.conv2d_weight(_as_images(x), (o, s, 1, 1), _as_images(grad))
     return w.view(o, s)
-
-
-def contract(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Batched matrix-vector product (..., J, S) x (..., S) -> (..., J)."""
-    return _Contract.apply(M, v)
 
 
 class _GramForm(torch.autograd.Function):
