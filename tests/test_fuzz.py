@@ -155,3 +155,118 @@ def test_model_input_validation(n, c, h, w, dtype, offset, nan):
 
 
 _MODEL = {}
+
+
+# -- untrusted checkpoints, configs and --set values (issue: hostile files) -------------------------
+def _peak_rss_bytes() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+_json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                          st.text(max_size=8), st.sampled_from([10**8, 10**6, -1, 0, 1e308, "10", "sq"]))
+_json = st.recursive(_json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                            st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                     max_leaves=12)
+
+
+def _tiny_state_and_tensors():
+    import json as _json_mod
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from codanet.train.checkpoint import save_checkpoint
+    from conftest import tiny_model
+    d = tempfile.mkdtemp()
+    path = save_checkpoint(os.path.join(d, "c.safetensors"), tiny_model("coda_cpu"), None,
+                           dict(config=dict(dataset="mnist_5k"), classes=[str(i) for i in range(10)]))
+    with safe_open(path, framework="pt") as f:
+        state = _json_mod.loads(f.metadata()["codanet"])
+    return state, load_file(path)
+
+
+_STATE, _TENSORS = None, None
+_ARCH_KEYS = ["kernel_sizes", "strides", "paddings", "channels", "ranks", "in_channels", "num_classes",
+              "nonlinearity", "temperature", "logit_bias", "name", "input_size"]
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(_ARCH_KEYS + ["config", "classes", "epoch", "history", "arch", "format"]),
+                          st.one_of(st.just("__delete__"), _json)), min_size=1, max_size=3))
+def test_checkpoint_metadata_mutations_never_crash(edits):
+    """Changed types, huge numbers, missing keys in a checkpoint's metadata: loading ends in the
+    model or a ValueError, never another exception or a large allocation."""
+    import copy
+    import json as _json_mod
+    from safetensors.torch import save_file
+    from codanet.train.checkpoint import load_model
+    global _STATE, _TENSORS
+    if _STATE is None:
+        _STATE, _TENSORS = _tiny_state_and_tensors()
+    state, before = copy.deepcopy(_STATE), _peak_rss_bytes()
+    for key, value in edits:
+        target = state if key in ("config", "classes", "epoch", "history", "arch", "format") else state["arch"]
+        if not isinstance(target, dict):
+            continue
+        if value == "__delete__":
+            target.pop(key, None)
+        else:
+            target[key] = value
+    path = _with_file(b"", ".safetensors")
+    try:
+        text = _json_mod.dumps(state)
+    except (ValueError, TypeError):
+        return
+    save_file(_TENSORS, path, metadata={"codanet": text})
+    try:
+        load_model(path)
+    except ValueError:
+        pass
+    finally:
+        os.remove(path)
+    assert _peak_rss_bytes() - before < 2 * 2**30
+
+
+@SETTINGS
+@given(st.one_of(_json, st.dictionaries(st.sampled_from(["epochs", "lr", "model", "rank", "name", "batch_size",
+                                                          "threads", "max_train_images", "_comment", "x"]),
+                                        _json_scalars, max_size=6)),
+       st.sampled_from(["", "dup", "deep"]))
+def test_config_files_never_crash(data, twist):
+    import json as _json_mod
+    from codanet.train import load_config_file, make_config
+    try:
+        text = _json_mod.dumps(data)
+    except (ValueError, TypeError):
+        return
+    if twist == "dup" and text.startswith("{") and len(text) > 2:
+        text = '{"epochs": 1, "epochs": 2, ' + text[1:]
+    if twist == "deep":
+        text = "[" * 50_000 + text + "]" * 50_000
+    path = _with_file(text.encode(), ".json")
+    try:
+        make_config(base=load_config_file(path))
+    except ValueError:
+        pass
+    finally:
+        os.remove(path)
+
+
+_EXTREMES = ["0", "-1", "1", "2", "9223372036854775807", "1e308", "-1e308", "1e-320", "Infinity", "NaN",
+             "null", "true", "false", '""', '"x"', "[]", "{}", "[1,2]", "x" * 300, "0.5", "3", "100000"]
+
+
+@SETTINGS
+@given(st.data())
+def test_every_set_key_across_its_extremes(data):
+    """Every config key with extreme values: a valid config within the documented ranges, or a
+    ValueError -- never another exception."""
+    from codanet.train import DEFAULTS, make_config, parse_set
+    key = data.draw(st.sampled_from(sorted(DEFAULTS)))
+    value = data.draw(st.sampled_from(_EXTREMES))
+    from codanet.train.config import RANGES
+    try:
+        cfg = make_config(parse_set([f"{key}={value}"]))
+    except ValueError:
+        return
+    if key in RANGES and isinstance(cfg[key], (int, float)):
+        assert cfg[key] <= RANGES[key]

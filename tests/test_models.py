@@ -125,3 +125,40 @@ def test_explain_all_equals_single_class_explanations(name, size):
         assert torch.allclose(allc["linear_map"][:, k], one["linear_map"], rtol=1e-9, atol=1e-12)
         assert torch.allclose(allc["contributions"][:, k], one["contributions"], rtol=1e-9, atol=1e-12)
     assert torch.allclose(allc["logits"], one["logits"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", codanet.list_models())
+def test_layer_contributions_sum_to_logit_for_every_layer(name):
+    """explain(x, layer=l): contributions of a_l sum to logit - b0 for every l (eq. 6-8)."""
+    torch.manual_seed(0)
+    model = codanet.create_model(name).double()
+    x = torch.rand(2, model.in_channels, 16, 16, dtype=torch.float64)
+    for layer in range(len(model.layers) + 1):
+        out = model.explain(x, target=[1, 0], layer=layer)
+        c_l = model.layers[layer - 1].out_channels if layer else 2 * model.in_channels
+        assert out["linear_map"].shape[:2] == (2, c_l) and out["contributions"].ndim == 3
+        expected = out["logits"].gather(1, out["target"][:, None])[:, 0] - model.logit_bias
+        assert torch.allclose(out["contributions"].sum((1, 2)), expected, rtol=1e-9, atol=1e-9), (name, layer)
+
+
+def test_explain_all_at_a_layer_equals_explain():
+    model = codanet.create_model("coda_cpu", num_classes=4, channels=[4] * 8 + [4], ranks=[3] * 9).double()
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    for layer in (1, 4, 9):
+        allc = model.explain_all(x, layer=layer)
+        for k in range(4):
+            one = model.explain(x, target=k, layer=layer)
+            assert torch.allclose(allc["contributions"][:, k], one["contributions"], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="layer"):
+        model.explain(x, layer=10)
+
+
+def test_targets_by_class_name_and_clear_errors():
+    model = tiny_model("coda_s")
+    model.class_names = [f"c{i}" for i in range(10)]
+    x = torch.rand(2, 3, 16, 16)
+    assert model.explain(x, target="c3")["target"].tolist() == [3, 3]
+    assert model.explain(x, target=["c1", 2])["target"].tolist() == [1, 2]
+    for bad in ("3", "Trouser", {"a": 1}, 1.5, [0.5, 1]):
+        with pytest.raises(ValueError, match="target"):
+            model.explain(x, target=bad)

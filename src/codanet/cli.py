@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -83,13 +84,48 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (~1-2 min)")
     bt.add_argument("--json", help="write the results here")
 
-    m = sub.add_parser("models", help="list the registered models with their parameter counts")
-    m.add_argument("--counts", action="store_true")
+    be = bsub.add_parser("explain", help="ms per explained image (one class, all classes), s per 100 video frames")
+    be.add_argument("--repeats", type=int, default=5)
+    be.add_argument("--json", help="write the results here")
+
+    m = sub.add_parser("models", help="list the registered models and their shipped weights")
+    m.add_argument("--counts", action="store_true", help="also build each model to count its parameters")
+
+    sv = sub.add_parser("serve", help="an interactive viewer of explanations in the browser (Gradio)")
+    sv.add_argument("--model", default="coda_cpu:fashion_mnist",
+                    help="NAME:WEIGHTS of shipped weights or a checkpoint file (default coda_cpu:fashion_mnist)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=7860)
+
+    ex = sub.add_parser("explain", help="contribution maps of images, folders of images and videos",
+                        description="Explain images (PNG, JPEG, BMP, TIFF, WebP), folders of them and "
+                                    "videos (MP4, GIF, animated PNG) with a CoDA-Net: a figure, the raw maps "
+                                    "and explanations.json per run; for a video an MP4 with the map beside "
+                                    "each frame.")
+    ex.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, video files")
+    ex.add_argument("--model", default="coda_cpu:fashion_mnist",
+                    help="NAME:WEIGHTS of shipped weights (codanet models) or a checkpoint file "
+                         "(default coda_cpu:fashion_mnist)")
+    which = ex.add_mutually_exclusive_group()
+    which.add_argument("--target", help="explain this class (index or name) instead of the prediction")
+    which.add_argument("--top", type=int, default=1, help="explain the K most probable classes (default 1)")
+    which.add_argument("--all-classes", action="store_true", help="explain every class")
+    ex.add_argument("--layer", type=int, default=0,
+                    help="contributions of DAU layer L's output (0: the input pixels, default)")
+    ex.add_argument("--out", default="runs/explain", help="output folder (default runs/explain)")
+    ex.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ex.add_argument("--resize", default="fit", choices=("fit", "none"),
+                    help="fit: shorter side to the model's input size, centre crop (default); "
+                         "none: keep the image's size (the model is fully convolutional)")
+    ex.add_argument("--batch-size", type=int, default=32, help="video frames per batch")
+    ex.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("demo", help="the main job: train the CPU preset on Fashion-MNIST, explain, report")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--data-dir", default=None)
-    d.add_argument("--minutes", type=float, default=None, help="training budget (default: config)")
+    d.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training after this many minutes (default: no limit, the config's 3 epochs)")
     return p
 
 
@@ -116,6 +152,9 @@ def _evaluate(args) -> int:
     else:
         raise UsageError(f"expected [{'|'.join(kinds)}] CHECKPOINT, got {' '.join(args.what)}")
     args.checkpoint = checkpoint
+    from .data import DATASETS
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise UsageError(f"--dataset: unknown data set {args.dataset!r}; known: {', '.join(sorted(DATASETS))}")
     if kind != "accuracy":
         return _evaluate_metric(kind, args)
     from .train import evaluate_accuracy, load_model
@@ -123,9 +162,10 @@ def _evaluate(args) -> int:
     from .utils.io import write_json
     model, state = load_model(args.checkpoint)
     cfg = state.get("config") or {}
-    if "dataset" not in cfg:
-        raise ValueError(f"{args.checkpoint} does not record its dataset")
-    test = load_dataset(cfg["dataset"], "test", args.data_dir or cfg.get("data_dir"))
+    name = args.dataset or cfg.get("dataset")
+    if name is None:
+        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset")
+    test = load_dataset(name, "test", args.data_dir or (cfg.get("data_dir") if name == cfg.get("dataset") else None))
     if test.num_classes != model.num_classes or test.channels != model.in_channels:
         raise ValueError(f"{args.checkpoint}: model has {model.num_classes} classes / {model.in_channels} "
                          f"channels, dataset {test.name} has {test.num_classes} / {test.channels}")
@@ -137,11 +177,30 @@ def _evaluate(args) -> int:
     return 0
 
 
+EVALUATE_BOUNDS = dict(grids=100_000, n=10, images=1_000_000, steps=4_096)
+
+
+def check_output_file(path: str) -> None:
+    """Before any work: `path` must be a writable file path (not a folder)."""
+    if os.path.isdir(path):
+        raise UsageError(f"--json {path} is a folder; give a file name such as {os.path.join(path, 'result.json')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise UsageError(f"--json {path}: cannot write into {probe}")
+
+
 def _evaluate_metric(kind, args) -> int:
     from .evaluate.runner import format_table, run
-    for name in ("grids", "n", "images", "steps"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name, high in EVALUATE_BOUNDS.items():
+        if not 1 <= getattr(args, name) <= high:
+            raise UsageError(f"--{name} must lie in [1, {high:,}], got {getattr(args, name)}")
+    if args.n < 2:
+        raise UsageError(f"--n (grid size) must be >= 2, got {args.n}")
+    if args.json:
+        check_output_file(args.json)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     summary = run(kind, args.checkpoint, methods, n=args.n, grids=args.grids, images=args.images,
                   steps=args.steps, most_first=args.most_first, dataset=args.dataset, data_dir=args.data_dir,
@@ -151,6 +210,45 @@ def _evaluate_metric(kind, args) -> int:
     print(format_table(summary))
     if args.json:
         print(f"wrote {args.json} and {summary['figure']}")
+    return 0
+
+
+def _explain(args) -> int:
+    import torch
+    from .explain.explain_files import ExplainOptions, explain_inputs
+    from .train import load_model
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, _ = load_model(args.model, device=args.device)
+    target = args.target
+    if target is not None:
+        target = int(target) if target.lstrip("-").isdigit() else target
+        model.resolve_targets(target, 1)                  # an unknown class: one line, exit 2
+    if not 1 <= args.top <= model.num_classes:
+        raise UsageError(f"--top must lie in [1, {model.num_classes}], got {args.top}")
+    model.check_layer(args.layer)
+    opts = ExplainOptions(target=target, top=args.top, all_classes=args.all_classes, layer=args.layer,
+                          resize=args.resize, batch_size=args.batch_size)
+    result = explain_inputs(model, args.inputs, opts, args.out, args.device, progress=not args.quiet,
+                            log=lambda line: print(line, file=sys.stderr if line.startswith("error") else sys.stdout))
+    print(f"explained {len(result['inputs'])} input(s), {len(result['errors'])} error(s); "
+          f"{os.path.join(args.out, 'explanations.json')}")
+    return 2 if result["errors"] else 0
+
+
+def _models(args) -> int:
+    from . import create_model, list_models
+    from .models.pretrained import available_weights, model_card
+    weights = available_weights()
+    for name in list_models():
+        line = name
+        if args.counts:
+            line += f"\t{create_model(name).num_parameters() / 1e6:.2f} M"
+        shipped = [f"{name}:{w} ({model_card(name, w)['dataset']}, top-1 {100 * model_card(name, w)['test_top1']:.2f} %)"
+                   for w in weights.get(name, [])]
+        print(line + ("\tweights: " + ", ".join(shipped) if shipped else ""))
     return 0
 
 
@@ -210,6 +308,9 @@ def main(argv=None) -> int:
             if args.bench == "models":
                 from .bench import models as bench_models
                 return bench_models.main(args)
+            if args.bench == "explain":
+                from .bench import explain as bench_explain
+                return bench_explain.main(args)
             if args.bench == "training":
                 from .bench import training as bench_training
                 return bench_training.main(args)
@@ -228,18 +329,30 @@ def main(argv=None) -> int:
             print(f"wrote {build_report(args.run_dir)}")
             return 0
         if args.command == "models":
-            from . import create_model, list_models
-            for name in list_models():
-                line = name
-                if args.counts:
-                    line += f"\t{create_model(name).num_parameters() / 1e6:.2f} M"
-                print(line)
+            return _models(args)
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "serve":
+            if not 1 <= args.port <= 65535:
+                raise UsageError(f"--port must lie in [1, 65535], got {args.port}")
+            try:
+                import gradio  # noqa: F401
+            except ImportError:
+                raise UsageError("codanet serve needs Gradio: pip install -e '.[app]' (make setup does)") from None
+            from .serve import serve
+            serve(args.model, args.host, args.port)
             return 0
         if args.command == "demo":
             from .demo import main as demo_main
             return demo_main(args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         print(f"codanet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        print(f"codanet {args.command}: error: {e.strerror or e}"
+              + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"codanet {args.command}: interrupted", file=sys.stderr)

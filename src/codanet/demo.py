@@ -1,8 +1,9 @@
 """`make demo` / `codanet demo`: the main job.
 
-Trains the CPU preset (coda_cpu) on full Fashion-MNIST within a ~15-minute budget on 2 cores
-(configs/fashion_mnist_demo.json), reports the test accuracy, and writes into runs/demo/:
-the checkpoint (model.safetensors + checkpoints/), summary.json, log.csv,
+First explains 16 test images with the shipped model (coda_cpu:fashion_mnist, seconds:
+pretrained_maps.png), then trains the CPU preset (coda_cpu) on full Fashion-MNIST for a fixed
+3 epochs (configs/fashion_mnist_demo.json; `--max-minutes` caps the time if asked), reports the
+test accuracy, and writes into runs/demo/: the checkpoint (model.safetensors + checkpoints/), summary.json, log.csv,
 contribution_maps.png (16 test images in the layout of the paper's Fig. 2), the two metrics
 (eval/localisation.json|png, eval/pixel_removal.json|png) and report.html.
 """
@@ -16,15 +17,15 @@ DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "fashion_mnist_
 
 
 def main(args) -> int:
-    from .data import load_dataset, make_batch
+    from .data import load_dataset
     from .explain import plot_explanation_grid
     from .train import load_config_file, load_model, make_config, train
     from .utils.io import write_json
     overrides = {}
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
-    if args.minutes:
-        overrides["max_minutes"] = args.minutes
+    if args.max_minutes:
+        overrides["max_minutes"] = args.max_minutes
     cfg = make_config(overrides, base=load_config_file(DEMO_CONFIG))
     load_dataset(cfg["dataset"], "test", cfg["data_dir"])         # fail early with a clear message
     out = args.out
@@ -34,15 +35,13 @@ def main(args) -> int:
         os.rename(out, kept)
         print(f"the previous demo run was moved to {kept}")
     resume = os.path.isdir(os.path.join(out, "checkpoints"))       # an interrupted demo continues
+    explain_with_shipped_model(out, cfg["data_dir"])
     summary = train(cfg, out, resume=resume)
     if summary.get("stopped_by") == "signal":
         return 130
     model, _ = load_model(os.path.join(out, "model.safetensors"))
-    test = load_dataset(cfg["dataset"], "test", cfg["data_dir"])
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(test), generator=g)[:16]
-    images = make_batch(test, idx, "none", None, train=False)
-    maps = plot_explanation_grid(model, images, test.labels[idx], test.classes,
+    images, labels, classes = sample_test_images(16, cfg["data_dir"])
+    maps = plot_explanation_grid(model, images, labels, classes,
                                  os.path.join(out, "contribution_maps.png"),
                                  title=f"CoDA-Net ({cfg['model']}, T={model.temperature:g}) on Fashion-MNIST: "
                                        "input | predicted class | strongest other class")
@@ -53,6 +52,32 @@ def main(args) -> int:
           f"({summary['train_seconds']:.0f} s, {summary['images_per_second']:.0f} images/s); "
           f"contribution maps in {maps}")
     return 0
+
+
+def sample_test_images(n: int = 16, data_dir: str | None = None):
+    """n seeded test images of Fashion-MNIST, (images, labels, class names)."""
+    from .data import load_dataset, make_batch
+    test = load_dataset("fashion_mnist", "test", data_dir)
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n]
+    return make_batch(test, idx, "none", None, train=False), test.labels[idx], test.classes
+
+
+def explain_with_shipped_model(out: str, data_dir: str | None = None) -> str | None:
+    """Explanations at once, before any training: the shipped coda_cpu:fashion_mnist model on 16
+    test images (paper Fig. 2 layout) -> out/pretrained_maps.png."""
+    from . import create_model
+    from .explain import plot_explanation_grid
+    from .models.pretrained import available_weights
+    if "fashion_mnist" not in available_weights("coda_cpu").get("coda_cpu", []):
+        print("no shipped coda_cpu:fashion_mnist weights; skipping the pretrained explanations")
+        return None
+    model = create_model("coda_cpu", pretrained="fashion_mnist")
+    images, labels, classes = sample_test_images(16, data_dir)
+    path = plot_explanation_grid(model, images, labels, classes, os.path.join(out, "pretrained_maps.png"),
+                                 title="shipped model coda_cpu:fashion_mnist: input | predicted class | "
+                                       "strongest other class")
+    print(f"explanations of the shipped model (before training): {path}")
+    return path
 
 
 GRID_METHODS = ["CoDA", "Grad", "IxG", "IntGrad", "DeepLIFT", "GradCAM"]

@@ -58,6 +58,12 @@ def run(kind: str, checkpoint: str, methods=None, n: int = 3, grids: int = 100, 
     # localisation ranks the whole test split; pixel removal only needs its first `images`
     model, all_images, all_labels, test = load_for_evaluation(
         checkpoint, dataset, data_dir, max_images=images if kind == "pixel-removal" else None)
+    if kind == "localisation" and n * n > model.num_classes:
+        raise ValueError(f"a {n}x{n} grid needs {n * n} distinct classes; {checkpoint} has {model.num_classes} "
+                         f"(use --n {int(model.num_classes ** 0.5)} or less)")
+    if kind == "pixel-removal" and steps > all_images.shape[-1] * all_images.shape[-2]:
+        raise ValueError(f"--steps {steps} is more than the {all_images.shape[-1] * all_images.shape[-2]} "
+                         "pixels of an image")
     methods = make_methods(model, methods or FAST_METHODS, all_images.shape[-1], **(method_options or {}))
     results, costs = {}, {}
     if kind == "localisation":

@@ -56,7 +56,7 @@ class Attribution:
             with torch.no_grad():
                 target = self.model(inputs).argmax(1)
         # the model's own target check: ints or N indices in [0, K), else a clear ValueError
-        target = self.model._targets(target, inputs.new_empty(len(inputs), self.model.num_classes))
+        target = self.model.resolve_targets(target, len(inputs), inputs.device)
         with torch.enable_grad():
             return self._attribute(inputs.detach(), target).detach()
 

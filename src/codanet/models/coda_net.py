@@ -64,6 +64,7 @@ class CoDANet(nn.Module):
         self.temperature = float(temperature)
         self.logit_bias = float(logit_bias)
         self.nonlinearity = nonlinearity
+        self.class_names: list[str] | None = None     # set when loaded from weights that know them
         layers, c_in = [], 2 * in_channels
         for k, s, p, c_out, r in zip(kernel_sizes, strides, paddings, channels, ranks):
             layers.append(DAUConv2d(c_in, c_out, k, r, stride=s, padding=p, nonlinearity=nonlinearity))
@@ -79,75 +80,118 @@ class CoDANet(nn.Module):
         check_images(x, self.in_channels)
         return self.forward_encoded(encode(x.to(self.dtype)))
 
-    def forward_encoded(self, x_encoded: torch.Tensor) -> torch.Tensor:
-        """Logits for an already encoded input (N, 2C, H, W), e.g. with pixels removed."""
-        out = self.layers(x_encoded)                       # (N, classes, H_L, W_L)
+    def forward_encoded(self, x_encoded: torch.Tensor, first_layer: int = 0) -> torch.Tensor:
+        """Logits for an already encoded input (N, 2C, H, W), e.g. with pixels removed, or, with
+        `first_layer=l`, for the activations a_l (N, C_l, H_l, W_l) of DAU layer l."""
+        out = self.layers[first_layer:](x_encoded)         # (N, classes, H_L, W_L)
         return out.sum(dim=(2, 3)) / self.temperature + self.logit_bias
 
-    # -- explanations (eq. 7-8) ------------------------------------------------------
-    def _targets(self, target, logits: torch.Tensor) -> torch.Tensor:
-        n = logits.shape[0]
-        if target is None:
-            return logits.argmax(1)
-        target = torch.as_tensor(target, device=logits.device)
-        if target.is_floating_point() or target.ndim > 1 or (target.ndim == 1 and len(target) != n):
-            raise ValueError(f"target must be None, an int or {n} integer class indices, "
-                             f"got {tuple(target.shape)} {target.dtype}")
-        target = target.long().expand(n)
-        if (target < 0).any() or (target >= self.num_classes).any():
-            raise ValueError(f"target must lie in [0, {self.num_classes - 1}], got {target.tolist()}")
-        return target
+    # -- explanations (eq. 6-8) ------------------------------------------------------
+    def resolve_targets(self, target, n: int, device=None) -> torch.Tensor:
+        """Target classes as an (n,) long tensor: None (the caller's default), an int, a class name
+        (when `class_names` is known), or one of these per sample; ValueError otherwise."""
+        names = self.class_names or []
+        what = (f"None, a class index in [0, {self.num_classes - 1}]"
+                + (", a class name (" + ", ".join(map(repr, names)) + ")" if names else "")
+                + f", or a sequence/tensor of {n} of these")
 
-    def explain(self, x: torch.Tensor, target=None) -> dict:
-        """Exact linear decomposition of the target logit (eq. 8).
+        def index(t) -> int:
+            if isinstance(t, str):
+                if t in names:
+                    return names.index(t)
+                raise ValueError(f"target {t!r} is not a class name of this model; a target is {what}")
+            if isinstance(t, bool) or not isinstance(t, (int, torch.Tensor)) or (
+                    isinstance(t, torch.Tensor) and (t.is_floating_point() or t.ndim)):
+                raise ValueError(f"target {t!r} ({type(t).__name__}) is not valid; a target is {what}")
+            return int(t)
 
-        Returns a dict with
-          logits (N, K), prediction (N,), target (N,) -- target defaults to the prediction,
-          encoded_input (N, 2C, H, W) -- the network input [x, 1-x],
-          linear_map (N, 2C, H, W) -- [W_{0->L}(x)]_target / T, the target row of the linear map
-              from the encoded input to the logit (it includes 1/T, so that)
-          contributions (N, H, W) = (linear_map * encoded_input).sum(1), whose sum over pixels
+        if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.ndim == 1:
+            target = target.tolist()
+        if isinstance(target, (list, tuple)):
+            if len(target) != n:
+                raise ValueError(f"target has {len(target)} entries for {n} samples; a target is {what}")
+            idx = [index(t) for t in target]
+        else:
+            idx = [index(target)] * n
+        bad = [i for i in idx if not 0 <= i < self.num_classes]
+        if bad:
+            raise ValueError(f"target must lie in [0, {self.num_classes - 1}], got {bad}")
+        return torch.tensor(idx, dtype=torch.long, device=device)
+
+    def check_layer(self, layer) -> int:
+        """`layer` of explain(): 0 = the encoded input, l = 1..L the output a_l of DAU layer l."""
+        depth = len(self.layers)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= depth:
+            raise ValueError(f"layer must be an int in [0, {depth}] (0: the input, {depth}: the last "
+                             f"DAU layer's output), got {layer!r}")
+        return layer
+
+    def activations(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """a_l: the encoded input (l = 0) or the output of DAU layer l, (N, C_l, H_l, W_l)."""
+        a = encode(x.to(self.dtype))
+        with torch.no_grad():
+            for block in self.layers[:self.check_layer(layer)]:
+                a = block(a)
+        return a
+
+    def explain(self, x: torch.Tensor, target=None, layer: int = 0) -> dict:
+        """Exact linear decomposition of the target logit (eq. 6-8) at layer `layer`.
+
+        The network above a_l is the linear map W_{l->L}(a_l) in explanation mode, so
+        logit_target - b0 = sum over channels and positions of [W_{l->L}]_target * a_l / T
+        (docs/maths.md).  Returns a dict with
+          logits (N, K), prediction (N,), target (N,) -- target defaults to the prediction; an int,
+              a class name (models that know their `class_names`) or one per sample,
+          layer -- l; activations (N, C_l, H_l, W_l) -- a_l (l = 0: the network input [x, 1-x],
+              also returned as encoded_input),
+          linear_map (N, C_l, H_l, W_l) -- [W_{l->L}(a_l)]_target / T, the target row of the linear
+              map from a_l to the logit (it includes 1/T),
+          contributions (N, H_l, W_l) = (linear_map * activations).sum(1), whose sum over positions
               equals logits[target] - logit_bias up to float rounding,
-          channel_contributions (N, 2C, H, W) -- the same before summing over channels.
+          channel_contributions (N, C_l, H_l, W_l) -- the same before summing over channels.
         """
         check_images(x, self.in_channels)
-        x_encoded = encode(x.detach().to(self.dtype)).requires_grad_(True)
+        a = self.activations(x.detach(), layer).detach().requires_grad_(True)   # (N, C_l, H_l, W_l)
         with explanation_mode(self), torch.enable_grad():
-            logits = self.forward_encoded(x_encoded)
-            target = self._targets(target, logits)
+            logits = self.forward_encoded(a, first_layer=layer)
+            target = self.resolve_targets(target, len(x), logits.device) if target is not None \
+                else logits.argmax(1)
             selected = logits.gather(1, target[:, None]).sum()
-            (linear_map,) = torch.autograd.grad(selected, x_encoded)
-        x_encoded = x_encoded.detach()
-        channel_contributions = linear_map * x_encoded
-        return dict(logits=logits.detach(), prediction=logits.argmax(1).detach(), target=target,
-                    encoded_input=x_encoded, linear_map=linear_map,
-                    channel_contributions=channel_contributions,
-                    contributions=channel_contributions.sum(1))
+            (linear_map,) = torch.autograd.grad(selected, a)
+        a = a.detach()
+        channel_contributions = linear_map * a
+        out = dict(logits=logits.detach(), prediction=logits.argmax(1).detach(), target=target,
+                   layer=layer, activations=a, linear_map=linear_map,
+                   channel_contributions=channel_contributions, contributions=channel_contributions.sum(1))
+        if layer == 0:
+            out["encoded_input"] = a
+        return out
 
     @torch.no_grad()
-    def explain_all(self, x: torch.Tensor) -> dict:
-        """Rows of W_{0->L}(x)/T for every class in one forward and one batched backward pass.
+    def explain_all(self, x: torch.Tensor, layer: int = 0) -> dict:
+        """Rows of W_{l->L}(a_l)/T for every class in one forward and one batched backward pass.
 
-        Returns logits (N, K), linear_map (N, K, 2C, H, W), contributions (N, K, H, W);
-        equal to `explain(x, target=k)` for every k.  The backward pass runs all K gradients
-        through each layer's materialised weights (`DAUConv2d.backproject`).
+        Returns logits (N, K), prediction (N,), linear_map (N, K, C_l, H_l, W_l), contributions
+        (N, K, H_l, W_l); equal to `explain(x, target=k, layer=layer)` for every k.  The backward
+        pass runs all K gradients through each layer's materialised weights
+        (`DAUConv2d.backproject`).
         """
         check_images(x, self.in_channels)
-        x_encoded = a = encode(x.to(self.dtype))
+        a_l = a = self.activations(x, layer)
         saved = []
-        for layer in self.layers:                       # forward, keeping each layer's w(x)
-            z, alpha = layer.dynamic_weights(a)
+        for block in self.layers[layer:]:                # forward, keeping each layer's w(x)
+            z, alpha = block.dynamic_weights(a)
             saved.append((a.shape, z, alpha))
-            a = layer.apply_weights(a, z, alpha)
+            a = block.apply_weights(a, z, alpha)
         logits = a.sum((2, 3)) / self.temperature + self.logit_bias
         n, k = x.shape[0], self.num_classes
         eye = torch.eye(k, dtype=a.dtype, device=a.device) / self.temperature
         grad = eye.expand(n, *a.shape[2:], k, k)        # d logit_k / d a_L, (N, H_L, W_L, K, K)
-        for layer, (shape, z, alpha) in zip(reversed(self.layers), reversed(saved)):
-            grad = layer.backproject(grad, layer.weights_per_position(z), shape, alpha)
-        linear_map = grad.permute(0, 3, 4, 1, 2).contiguous()              # (N, K, 2C, H, W)
-        return dict(logits=logits, prediction=logits.argmax(1), linear_map=linear_map,
-                    contributions=(linear_map * x_encoded[:, None]).sum(2))
+        for block, (shape, z, alpha) in zip(reversed(self.layers[layer:]), reversed(saved)):
+            grad = block.backproject(grad, block.weights_per_position(z), shape, alpha)
+        linear_map = grad.permute(0, 3, 4, 1, 2).contiguous()              # (N, K, C_l, H_l, W_l)
+        return dict(logits=logits, prediction=logits.argmax(1), layer=layer, linear_map=linear_map,
+                    contributions=(linear_map * a_l[:, None]).sum(2))
 
     def compile(self, **kwargs) -> None:
         """torch.compile the network in place (parameter names, checkpoints unchanged).

@@ -21,23 +21,44 @@ from ..utils.io import atomic_path
 FORMAT = "codanet-checkpoint-v1"
 
 
-def _open_safetensors(path: str):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from safetensors import safe_open
+def _check_path(path: str) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, expected a checkpoint file (.safetensors)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
+    return path
+
+
+def _not_safetensors(path: str, e: Exception) -> ValueError:
+    return ValueError(f"{path} is not a safetensors checkpoint ({e}); codanet never loads pickle "
+                      "files, which can run arbitrary code")
+
+
+def _read_header(path: str) -> tuple[dict, dict]:
+    """(metadata, {tensor name: shape}) from the safetensors header, without reading the tensors."""
+    from safetensors import SafetensorError, safe_open
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _not_safetensors(path, e) from None
+    return metadata, shapes
+
+
+def _read_tensors(path: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a safetensors checkpoint ({e}); codanet never loads pickle "
-                         "files, which can run arbitrary code") from None
-    return tensors, metadata
+        raise _not_safetensors(path, e) from None
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise ValueError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s): "
+                         f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; refusing to load it")
+    return tensors
 
 
 def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None) -> str:
@@ -57,16 +78,37 @@ def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None)
     return path
 
 
-def read_checkpoint(path: str) -> tuple[dict, dict]:
-    """(tensors, state) of a codanet checkpoint or exported model file."""
-    tensors, metadata = _open_safetensors(path)
+def read_state(path: str) -> tuple[dict, dict]:
+    """(state, {tensor name: shape}) of a codanet checkpoint, checked before any tensor is read:
+    the metadata against its schema (`schema.check_state`) and the model tensors' shapes against
+    the architecture it describes."""
+    from .schema import check_state, expected_shapes
+    path = _check_path(path)
+    metadata, shapes = _read_header(path)
     try:
         state = json.loads(metadata["codanet"])
-        assert state.get("format") == FORMAT and isinstance(state.get("arch"), dict)
-    except (KeyError, json.JSONDecodeError, AssertionError):
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
         raise ValueError(f"{path} is a safetensors file but not a codanet checkpoint "
                          "(no codanet metadata)") from None
-    return tensors, state
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is a safetensors file but not a codanet checkpoint (metadata is not "
+                         f"a {FORMAT} object)")
+    check_state(state, path)
+    expected = expected_shapes(state["arch"])
+    found = {k[len("model."):]: v for k, v in shapes.items() if k.startswith("model.")}
+    diffs = [f"{k}: architecture needs {expected[k]}, file has {found.get(k, 'nothing')}"
+             for k in expected if found.get(k) != expected[k]]
+    diffs += [f"{k}: unexpected tensor {found[k]}" for k in found if k not in expected]
+    if diffs:
+        raise ValueError(f"{path}: the tensors do not match the architecture in its metadata ("
+                         + "; ".join(diffs[:10]) + (" ..." if len(diffs) > 10 else "") + ")")
+    return state, shapes
+
+
+def read_checkpoint(path: str) -> tuple[dict, dict]:
+    """(tensors, state) of a codanet checkpoint or exported model file, fully checked."""
+    state, _ = read_state(path)
+    return _read_tensors(os.fspath(path)), state
 
 
 def arch_differences(expected: dict, found: dict) -> list[str]:
@@ -94,12 +136,22 @@ def load_into(model, path: str, optimizer=None) -> dict:
 
 
 def load_model(path: str, device: str = "cpu"):
-    """Build the model described in a checkpoint / exported file and load its weights."""
+    """Build the model described in a checkpoint / exported file and load its weights.
+
+    `path` may also name shipped weights, 'coda_cpu:fashion_mnist' (checked against their model
+    card).  Returns (model in eval mode, state); `model.class_names` holds the classes when the
+    file records them."""
     from ..models import CoDANet
-    _, state = read_checkpoint(path)
-    arch = dict(state["arch"])
-    model = CoDANet(**arch)
+    from ..models.pretrained import split_spec, weights_path
+    spec = split_spec(os.fspath(path))
+    if spec is not None:
+        path = weights_path(*spec)
+    state, _ = read_state(path)                   # metadata and shapes checked: the model fits the file
+    model = CoDANet(**state["arch"])
     load_into(model, path)
+    classes = state.get("classes")
+    if isinstance(classes, list) and len(classes) == model.num_classes:
+        model.class_names = [str(c) for c in classes]
     return model.to(device).eval(), state
 
 

@@ -63,6 +63,17 @@ _POSITIVE_FLOAT = ("lr", "lr_gamma", "warmup_start_lr", "final_lr_fraction")
 _OPTIONAL_POSITIVE_FLOAT = ("temperature", "max_minutes")
 
 
+# Sane upper bounds of the numeric keys, checked before any work (the lower bounds are above).
+RANGES: dict = dict(
+    epochs=10_000, batch_size=65_536, accumulate=1_024, lr_step_epochs=100_000, checkpoint_every_steps=10**9,
+    keep_checkpoints=1_000, eval_batch_size=65_536, randaugment_n=14, data_workers=64,
+    max_train_images=100_000_000, max_test_images=100_000_000, threads=4 * (os.cpu_count() or 1), rank=4_096,
+    momentum=0.999, lam=1_000.0, warmup_epochs=10_000, crop_padding=64, randaugment_m=30,
+    lr=10.0, lr_gamma=10.0, warmup_start_lr=10.0, final_lr_fraction=1.0, temperature=1e12, max_minutes=1e7,
+    seed=2**63 - 1,
+)
+
+
 def _check(key: str, value):
     def bad(expected):
         raise ValueError(f"config key {key!r}: expected {expected}, got {value!r}")
@@ -84,12 +95,16 @@ def _check(key: str, value):
         bad("true or false")
     if key in ("name", "model", "dataset") and not (isinstance(value, str) and value):
         bad("a non-empty string")
+    if key == "name" and (value in (".", "..") or len(value) > 100 or not all(
+            ch.isalnum() or ch in "-_." for ch in value)):
+        bad("a folder name of letters, digits, '-', '_' and '.' (at most 100; no '/', no '..'), "
+            "used as runs/<name> when --out is not given")
     if key == "data_dir" and value is not None and not isinstance(value, str):
         bad("a path or null")
     if key == "seed" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         bad("an integer >= 0")
-    if key == "randaugment_m" and value > 30:
-        bad("a magnitude in [0, 30]")
+    if key in RANGES and value is not None and value > RANGES[key]:
+        bad(f"at most {RANGES[key]:,}" + (f" (4x the {os.cpu_count()} cores)" if key == "threads" else ""))
     return value
 
 
@@ -124,6 +139,21 @@ def shipped_configs() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
 
 
+MAX_CONFIG_BYTES = 1_000_000
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise _DuplicateKey(k)
+    return dict(pairs)
+
+
 def load_config_file(path: str) -> dict:
     """A JSON config file, or the name of a shipped one (e.g. 'cifar10_s_sq_T1000')."""
     if not os.path.exists(path) and os.path.isfile(os.path.join(CONFIG_DIR, path + ".json")):
@@ -132,11 +162,18 @@ def load_config_file(path: str) -> dict:
         raise FileNotFoundError(f"config file {path} not found; shipped configs: {', '.join(shipped_configs())}")
     if os.path.isdir(path):
         raise ValueError(f"config {path} is a directory, expected a JSON file")
+    if os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {path} is {os.path.getsize(path):,} bytes; a config is at most "
+                         f"{MAX_CONFIG_BYTES:,}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=_no_duplicates)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"config file {path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"config file {path} is nested too deeply; a config is a flat JSON object") from None
+    except _DuplicateKey as e:
+        raise ValueError(f"config file {path} names key {e.args[0]!r} twice; each key may appear once") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
     data.pop("_comment", None)

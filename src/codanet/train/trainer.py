@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..data import load_dataset, make_batch
 from ..data.loader import EpochBatches, prefetched
 from ..models import create_model
-from ..utils.io import atomic_path, write_json
+from ..utils.io import atomic_path, folder_lock, write_json
 from . import distributed
 from .checkpoint import checkpoint_files, load_into, prune, save_checkpoint
 from .config import DEFAULTS
@@ -65,6 +65,20 @@ def build_model(cfg: dict, num_classes: int, in_channels: int):
     if cfg["rank"] is not None:
         kw["rank"] = cfg["rank"]
     return create_model(cfg["model"], **kw)
+
+
+def check_memory(cfg: dict, train_set) -> None:
+    """Refuse, before allocating anything, a model and batch that cannot fit in memory."""
+    from ..models.registry import resolve_config
+    from .schema import available_memory_bytes, training_memory_bytes
+    arch = resolve_config(cfg["model"], num_classes=train_set.num_classes, in_channels=train_set.channels,
+                          rank=cfg["rank"])
+    need = training_memory_bytes(arch, cfg["batch_size"], train_set.image_size or arch.get("input_size") or 32)
+    have = available_memory_bytes()
+    if need > have:
+        raise ValueError(f"model {cfg['model']} (ranks {arch['ranks']}) at batch_size {cfg['batch_size']} needs "
+                         f"at least {need / 2**30:.1f} GiB, but {have / 2**30:.1f} GiB are available; lower "
+                         "rank or batch_size")
 
 
 def load_splits(cfg: dict):
@@ -144,7 +158,13 @@ class _LossModule(torch.nn.Module):
 
 
 def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
-    """Train per `cfg` into `out_dir`; returns the summary (also written to summary.json)."""
+    """Train per `cfg` into `out_dir`; returns the summary (also written to summary.json).
+    The folder is locked while training runs: a second training into it is refused."""
+    with folder_lock(out_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        return _train(cfg, out_dir, resume, progress)
+
+
+def _train(cfg: dict, out_dir: str, resume: bool, progress: bool) -> dict:
     from ..utils.perf import keep_freed_memory
     keep_freed_memory()
     if cfg["threads"]:
@@ -154,6 +174,7 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
     device = ctx.device
     progress = progress and ctx.main
     train_set, test_set = load_splits(cfg)
+    check_memory(cfg, train_set)
     model = build_model(cfg, train_set.num_classes, train_set.channels).to(device)
     if cfg["compile"]:
         model.compile()      # in place: parameter names and checkpoints stay the same
@@ -226,12 +247,14 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
     images_seen, train_loop_seconds = 0, 0.0
     stopped_by = None
     model.train()
-    with _StopFlag() as stop:
+    # one bar over the whole run: its ETA is the time left for all epochs
+    bar = tqdm(total=cfg["epochs"] * steps_per_epoch, initial=epoch * steps_per_epoch + step, unit="step",
+               disable=not progress, dynamic_ncols=True)
+    with _StopFlag() as stop, contextlib.closing(bar):
         while epoch < cfg["epochs"] and stopped_by is None:
             perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + epoch))
             running, count = 0.0, 0
-            bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-                       disable=not progress, leave=False)
+            bar.set_description(f"epoch {epoch + 1}/{cfg['epochs']}")
             t_loop = time.time()
             epoch_batches = EpochBatches(train_set, perm, epoch, bs, cfg, ctx.rank, ctx.world)
             with contextlib.closing(prefetched(epoch_batches, step, steps_per_epoch, cfg["prefetch"],
@@ -270,7 +293,6 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
                             checkpoint()
                     bar.update(1)
                     bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr:.2e}")
-            bar.close()
             train_loop_seconds += time.time() - t_loop
             elapsed = time.time() - start
             if step >= steps_per_epoch:
@@ -279,7 +301,7 @@ def train(cfg: dict, out_dir: str, resume: bool = False, progress: bool = True) 
                                     test_top1=metrics["top1"], test_top5=metrics["top5"], lr=lr,
                                     seconds=round(elapsed, 1)))
                 if progress:
-                    print(f"epoch {epoch + 1}: train loss {running / max(1, count):.4f}, "
+                    tqdm.write(f"epoch {epoch + 1}: train loss {running / max(1, count):.4f}, "
                           f"test top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} ({elapsed:.0f} s)")
                 epoch, step = epoch + 1, 0
                 write_log()

@@ -2,9 +2,24 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
+
+
+def _disk_full(e: OSError, path: str, tmp: str) -> OSError:
+    """ENOSPC with a message that names the folder, the space needed and what survived."""
+    folder = os.path.dirname(os.path.abspath(path))
+    written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+    previous = os.path.getsize(path) if os.path.exists(path) else 0
+    free = shutil.disk_usage(folder).free
+    kept = f"the previous {os.path.basename(path)} is intact" if previous else "nothing was written"
+    return OSError(e.errno, f"no space left in {folder}: writing {os.path.basename(path)} needs about "
+                            f"{max(written, previous) / 1e6:.1f} MB or more, {free / 1e6:.1f} MB are free; "
+                            f"{kept} and no partial file is left; free some space and run again "
+                            "(training continues with --resume)")
 
 
 @contextlib.contextmanager
@@ -16,7 +31,12 @@ def atomic_path(path: str | os.PathLike):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
     os.close(fd)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _disk_full(e, path, tmp) from None
+            raise
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the usual permissions
@@ -42,3 +62,28 @@ def write_text(path, text: str) -> None:
 
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str):
+    """An advisory lock on `folder` (file `.lock` holding the owner's PID) for as long as the
+    context lasts; a second writer gets ValueError naming the first.  The operating system drops
+    the lock when its process dies, so a killed run never leaves a stale lock behind."""
+    import fcntl
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(f"{folder} is in use by another codanet process (pid {owner}); wait for it to "
+                         "finish or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,111 @@
+"""`codanet serve` in a real browser: Debian's Chromium driven by Playwright.
+
+Starts the server on a free local port, uploads a PNG, waits for the prediction, chooses two
+classes and checks that their maps differ, uploads a file that is not an image and checks the
+message and that the server still answers.  Saves a screenshot to runs/screenshots/serve.png.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: `apt-get install chromium` "
+                                "(make setup does this as root), then `pip install -e '.[browser]'`")
+playwright = pytest.importorskip("playwright.sync_api", reason="needs Playwright: pip install -e '.[browser]'")
+pytest.importorskip("gradio", reason="needs Gradio: pip install -e '.[app]'")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "codanet", "serve", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(1200):
+            if answers(url):
+                break
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"codanet serve exited: {log.read()[-2000:]}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("codanet serve did not answer within 120 s")
+        print(f"codanet serve: first page after {time.time() - t0:.1f} s")
+        yield url, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def image_bytes(page, selector: str) -> bytes:
+    src = page.locator(f"{selector} img").first.get_attribute("src")
+    return page.request.get(src).body()
+
+
+def test_listens_on_loopback_only(server):
+    _, port = server
+    addresses = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+    for address in addresses:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((address, port)) != 0, f"codanet serve answers on {address}"
+
+
+def test_upload_predict_two_classes_and_a_bad_file(server, tmp_path):
+    from PIL import Image
+    from codanet.data import load_dataset
+    url, _ = server
+    test = load_dataset("fashion_mnist", "test", None)
+    png = tmp_path / "trouser.png"
+    Image.fromarray(test.images[2, 0].numpy()).save(png)         # test image 2: a trouser
+    notes = tmp_path / "notes.png"
+    notes.write_text("this is not an image")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        page.locator("#upload input[type=file]").set_input_files(str(png))
+        page.locator("#prediction", has_text="Trouser").wait_for(timeout=60_000)
+        page.locator("#check", has_text="Trouser").wait_for(timeout=60_000)
+        first = image_bytes(page, "#map")
+        page.locator("#target input").click()
+        page.get_by_role("option", name="Dress", exact=True).click()
+        page.locator("#check", has_text="Dress").wait_for(timeout=60_000)
+        second = image_bytes(page, "#map")
+        assert first and second and first != second
+        os.makedirs(os.path.join(ROOT, "runs", "screenshots"), exist_ok=True)
+        page.screenshot(path=os.path.join(ROOT, "runs", "screenshots", "serve.png"), full_page=True)
+        page.locator("#upload input[type=file]").set_input_files(str(notes))
+        page.get_by_text("Cannot use this file").first.wait_for(timeout=60_000)
+        assert "not a readable image" in page.content()
+        browser.close()
+    assert answers(url)
