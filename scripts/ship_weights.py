@@ -27,8 +27,8 @@ from codanet.train import evaluate_accuracy, load_model, save_checkpoint
 from codanet.utils.io import write_json, write_text
 
 CARD_SUBSET = 1000                      # test images of the CI check (tests/test_pretrained.py)
-GRIDS, REMOVAL_IMAGES, REMOVAL_STEPS = 100, 512, 64
-LOCALISATION_METHODS = "CoDA,IxG,IntGrad,GradCAM"
+GRIDS, REMOVAL_IMAGES, REMOVAL_STEPS = 50, 256, 32
+LOCALISATION_METHODS = "CoDA,IxG,GradCAM"
 REMOVAL_METHODS = "CoDA,IxG,GradCAM"
 
 
@@ -99,6 +99,8 @@ def markdown(card: dict) -> str:
 
 
 def main() -> int:
+    from codanet.utils.perf import keep_freed_memory
+    keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("weights", help="weights name, e.g. fashion_mnist")

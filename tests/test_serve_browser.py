@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: `apt-g
 playwright = pytest.importorskip("playwright.sync_api", reason="needs Playwright: pip install -e '.[browser]'")
 pytest.importorskip("gradio", reason="needs Gradio: pip install -e '.[app]'")
 
+MODEL = os.environ.get("CODANET_SERVE_TEST_MODEL", "coda_cpu:fashion_mnist")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -46,7 +47,7 @@ def server(tmp_path_factory):
     log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "codanet", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "codanet", "serve", "--model", MODEL, "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -66,9 +67,14 @@ def server(tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def image_bytes(page, selector: str) -> bytes:
-    src = page.locator(f"{selector} img").first.get_attribute("src")
-    return page.request.get(src).body()
+def image_src(page, selector: str, not_equal: str | None = None) -> str:
+    """The src of the picture in `selector`, waiting until it differs from `not_equal`."""
+    for _ in range(600):
+        src = page.locator(f"{selector} img").first.get_attribute("src")
+        if src and src != not_equal:
+            return src
+        time.sleep(0.1)
+    raise AssertionError(f"{selector} did not change")
 
 
 def test_listens_on_loopback_only(server):
@@ -81,12 +87,18 @@ def test_listens_on_loopback_only(server):
 
 
 def test_upload_predict_two_classes_and_a_bad_file(server, tmp_path):
+    import torch
     from PIL import Image
+    from codanet import load_model
     from codanet.data import load_dataset
     url, _ = server
-    test = load_dataset("fashion_mnist", "test", None)
-    png = tmp_path / "trouser.png"
-    Image.fromarray(test.images[2, 0].numpy()).save(png)         # test image 2: a trouser
+    model, state = load_model(MODEL)
+    test = load_dataset(state["config"]["dataset"], "test", None)
+    png = tmp_path / "item.png"
+    Image.fromarray(test.images[2, 0].numpy()).save(png)
+    with torch.no_grad():
+        logits = model(test.images[2:3].float() / 255)[0]
+    predicted, other = [model.class_names[int(k)] for k in logits.topk(2).indices]
     notes = tmp_path / "notes.png"
     notes.write_text("this is not an image")
     with playwright.sync_playwright() as p:
@@ -94,18 +106,20 @@ def test_upload_predict_two_classes_and_a_bad_file(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(url)
         page.locator("#upload input[type=file]").set_input_files(str(png))
-        page.locator("#prediction", has_text="Trouser").wait_for(timeout=60_000)
-        page.locator("#check", has_text="Trouser").wait_for(timeout=60_000)
-        first = image_bytes(page, "#map")
+        page.locator("#prediction", has_text=predicted).wait_for(timeout=60_000)
+        page.locator("#check", has_text=predicted).wait_for(timeout=60_000)
+        first_src = image_src(page, "#map")
+        first = page.request.get(first_src).body()
         page.locator("#target input").click()
-        page.get_by_role("option", name="Dress", exact=True).click()
-        page.locator("#check", has_text="Dress").wait_for(timeout=60_000)
-        second = image_bytes(page, "#map")
+        page.get_by_role("option", name=other, exact=True).click()
+        page.locator("#check", has_text=other).wait_for(timeout=60_000)
+        second = page.request.get(image_src(page, "#map", not_equal=first_src)).body()
         assert first and second and first != second
         os.makedirs(os.path.join(ROOT, "runs", "screenshots"), exist_ok=True)
         page.screenshot(path=os.path.join(ROOT, "runs", "screenshots", "serve.png"), full_page=True)
         page.locator("#upload input[type=file]").set_input_files(str(notes))
         page.get_by_text("Cannot use this file").first.wait_for(timeout=60_000)
         assert "not a readable image" in page.content()
+        page.screenshot(path=os.path.join(ROOT, "runs", "screenshots", "serve_error.png"))
         browser.close()
     assert answers(url)

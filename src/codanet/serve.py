@@ -96,7 +96,7 @@ class Viewer:
             ax.imshow(maps[i].numpy(), cmap="bwr", vmin=-scale, vmax=scale, interpolation="nearest")
             ax.set_title(self.names[i], fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
         plt.close("all")
@@ -135,12 +135,15 @@ def build_app(viewer: Viewer):
                 *show(x, best, layer, opacity))
 
     def upload(path, layer, opacity):
-        if path is None:
-            raise gr.Error("no file received")
+        """A new file; a bad one leaves the page as it was and says why in the prediction line."""
         try:
+            if path is None:
+                raise ValueError("no file received")
             x = viewer.load_upload(path)
         except (ValueError, FileNotFoundError) as e:
-            raise gr.Error(f"Cannot use this file: {str(e).replace(path, os.path.basename(path))}") from None
+            message = f"Cannot use this file: {str(e).replace(str(path), os.path.basename(str(path)))}"
+            gr.Warning(message)
+            return [gr.update()] * 3 + [f"⚠ {message}"] + [gr.update()] * 7
         return new_image(x, layer, opacity)
 
     with gr.Blocks(title="codanet: CoDA-Net explanations") as app:
@@ -173,7 +176,8 @@ def build_app(viewer: Viewer):
                 every = gr.Image(label="all classes (one explain_all pass)", interactive=False, elem_id="all")
         outs = [probs, cmap, every, over, wx, w1, check]
         first = [state, shown, target, prediction] + outs
-        upload_box.upload(upload, [upload_box, layer, opacity], first)
+        # the box is emptied after every upload (also a failed one), ready for the next file
+        upload_box.upload(upload, [upload_box, layer, opacity], first).then(lambda: None, None, upload_box)
         pick.click(lambda i, l, o: new_image(viewer.test_image(int(i or 0)), l, o), [index, layer, opacity], first)
         grid.click(lambda i, l, o: new_image(viewer.test_grid(int(i or 0)), l, o), [index, layer, opacity], first)
         for control in (target, layer, opacity):

@@ -52,7 +52,7 @@ def explain_image(model, x: torch.Tensor, opts: ExplainOptions) -> dict:
     logits = out["logits"][0]
     classes = chosen_classes(model, logits, opts)
     maps = out["contributions"][0, classes]                     # (k, H_l, W_l)
-    probs = logits.softmax(0)
+    probs = torch.sigmoid(logits)            # the model is trained with BCE (eq. 9): one sigmoid per class
     top = logits.topk(min(5, model.num_classes)).indices.tolist()
     record = dict(
         prediction=top[0], prediction_name=class_name(model, top[0]),
@@ -188,7 +188,7 @@ def explain_video(model, path: str, opts: ExplainOptions, out_dir: str, stem: st
                     writer.write(panel)
                     centre = positive_centre(m)
                     frames_info.append(dict(prediction=int(logits.argmax()), explained=k, name=class_name(model, k),
-                                            probability=round(float(logits.softmax(0)[k]), 6),
+                                            probability=round(float(torch.sigmoid(logits[k])), 6),
                                             positive_centre=None if centre is None else [round(c, 3) for c in centre],
                                             check=float(m.astype(np.float64).sum() - (float(logits[k]) - model.logit_bias))))
                 bar.update(len(batch))
