@@ -12,14 +12,15 @@ import tempfile
 def _disk_full(e: OSError, path: str, tmp: str) -> OSError:
     """ENOSPC with a message that names the folder, the space needed and what survived."""
     folder = os.path.dirname(os.path.abspath(path))
+    ext = os.path.splitext(path)[1]
+    siblings = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(ext) and not f.startswith(".tmp-")]
+    previous = max([os.path.getsize(f) for f in siblings] + [0])      # a file like it: the space it takes
     written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-    previous = os.path.getsize(path) if os.path.exists(path) else 0
     free = shutil.disk_usage(folder).free
-    kept = f"the previous {os.path.basename(path)} is intact" if previous else "nothing was written"
     return OSError(e.errno, f"no space left in {folder}: writing {os.path.basename(path)} needs about "
-                            f"{max(written, previous) / 1e6:.1f} MB or more, {free / 1e6:.1f} MB are free; "
-                            f"{kept} and no partial file is left; free some space and run again "
-                            "(training continues with --resume)")
+                            f"{max(written, previous) / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; the files "
+                            "written before are intact and no partial file is left; free some space and run "
+                            "again (training continues with --resume)")
 
 
 @contextlib.contextmanager
