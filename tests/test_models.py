@@ -25,7 +25,7 @@ def test_parameter_counts(name, classes, expected):
 
 
 def test_rank_ablation_counts():
-    """REFERENCE.md sec. 2: ranks [f, f, 2f x7] give 1.08, 2.03, 3.95, 34.6 M."""
+    """The paper's rank ablation: ranks [f, f, 2f x7] give 1.08, 2.03, 3.95, 34.6 M."""
     for f, expected in [(4, 1.08e6), (8, 2.03e6), (16, 3.95e6), (144, 34.6e6)]:
         m = codanet.create_model("coda_s", num_classes=10, rank=f)
         assert abs(m.num_parameters() - expected) / expected < 0.01

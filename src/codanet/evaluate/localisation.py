@@ -1,4 +1,4 @@
-"""The localisation metric (paper sec. 4.2, eq. 11; REFERENCE.md sec. 4).
+"""The localisation metric (paper sec. 4.2, eq. 11; docs/evaluation.md).
 
 n x n grids of test images that the model classifies correctly and confidently, one class per
 cell.  For each class c in a grid, the attribution for c over the whole grid image, clamped at 0,

@@ -1,4 +1,4 @@
-"""The pixel-removal metric (paper sec. 4.2, Fig. 6 bottom; REFERENCE.md sec. 4).
+"""The pixel-removal metric (paper sec. 4.2, Fig. 6 bottom; docs/evaluation.md).
 
 Pixels are sorted by their channel-summed attribution for the true class, least important first
 (or most important first) and removed -- all encoded channels zeroed -- up to `fraction` (25 %) of

@@ -5,7 +5,7 @@ logit w.r.t. the raw image (the encoding [x, 1-x] is part of the model, as in th
 and sum over colour channels; perturbation methods (Occlusion, RISE, LIME) remove pixels in the
 encoded input by zeroing all of its channels -- the same removal the pixel-removal metric uses.
 Captum provides Grad, IxG, IntGrad, DeepLIFT, GradCAM, Occlusion and LIME; RISE is ours.
-Parameters default to the paper's (REFERENCE.md sec. 4); every one is a constructor argument.
+Parameters default to the paper's (docs/evaluation.md); every one is a constructor argument.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 A layer of k DAUs shares one B (sec. 3.4); unit j has its own A_j and b_j.
 
-The low-rank identity (REFERENCE.md sec. 1).  With z = B x and the augmented code z' = [z, 1]
+The low-rank identity (docs/maths.md sec. 2).  With z = B x and the augmented code z' = [z, 1]
 and A'_j = [A_j, b_j] (a d x (r+1) matrix), u_j = A_j z + b_j = A'_j z', hence
 
     u_j^T x   = z'^T (A'_j^T x)            (all A'_j^T x at once: one linear map / convolution)

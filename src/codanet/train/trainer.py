@@ -41,7 +41,7 @@ def select_device(name: str) -> torch.device:
 
 
 def learning_rate(cfg: dict, epoch_progress: float) -> float:
-    """lr at a (fractional) epoch, per the configured schedule (REFERENCE.md sec. 3)."""
+    """lr at a (fractional) epoch, per the configured schedule (the paper's recipes, docs/training.md)."""
     lr, epoch = cfg["lr"], int(epoch_progress)
     if cfg["schedule"] == "constant":
         return lr
