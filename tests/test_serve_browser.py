@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

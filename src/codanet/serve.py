@@ -178,8 +178,10 @@ def build_app(viewer: Viewer):
         first = [state, shown, target, prediction] + outs
         # the box is emptied after every upload (also a failed one), ready for the next file
         upload_box.upload(upload, [upload_box, layer, opacity], first).then(lambda: None, None, upload_box)
-        pick.click(lambda i, l, o: new_image(viewer.test_image(int(i or 0)), l, o), [index, layer, opacity], first)
-        grid.click(lambda i, l, o: new_image(viewer.test_grid(int(i or 0)), l, o), [index, layer, opacity], first)
+        pick.click(lambda i, depth_, o: new_image(viewer.test_image(int(i or 0)), depth_, o),
+                   [index, layer, opacity], first)
+        grid.click(lambda i, depth_, o: new_image(viewer.test_grid(int(i or 0)), depth_, o),
+                   [index, layer, opacity], first)
         for control in (target, layer, opacity):
             control.change(show, [state, target, layer, opacity], outs)
     return app

@@ -47,8 +47,8 @@ def run(repeats: int = 5) -> dict:
     rows = []
     for batch in (1, 32):
         x = torch.rand(batch, 1, 28, 28)
-        t = timed_together(dict(forward=lambda: model(x), one=lambda: model.explain(x),
-                                all=lambda: model.explain_all(x)), repeats)
+        t = timed_together(dict(forward=lambda x=x: model(x), one=lambda x=x: model.explain(x),
+                                all=lambda x=x: model.explain_all(x)), repeats)
         rows.append(dict(batch=batch, **{f"{k}_ms_per_image": 1e3 * v / batch for k, v in t.items()}))
     video = video_seconds_per_100_frames(model)
     return dict(model=label, threads=torch.get_num_threads(), images=rows,

@@ -190,7 +190,8 @@ def explain_video(model, path: str, opts: ExplainOptions, out_dir: str, stem: st
                     frames_info.append(dict(prediction=int(logits.argmax()), explained=k, name=class_name(model, k),
                                             probability=round(float(torch.sigmoid(logits[k])), 6),
                                             positive_centre=None if centre is None else [round(c, 3) for c in centre],
-                                            check=float(m.astype(np.float64).sum() - (float(logits[k]) - model.logit_bias))))
+                                            check=float(m.astype(np.float64).sum()
+                                                        - (float(logits[k]) - model.logit_bias))))
                 bar.update(len(batch))
                 batch.clear()
 

@@ -80,7 +80,8 @@ def to_model_input(image: np.ndarray, channels: int, size: int | None, resize: s
         x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
         top, left = (nh - size) // 2, (nw - size) // 2
         x = x[:, top:top + size, left:left + size]
-        notes.append(f"resized {w}x{h} -> {nw}x{nh}" + (f", centre-cropped to {size}x{size}" if (nh, nw) != (size, size) else ""))
+        cropped = f", centre-cropped to {size}x{size}" if (nh, nw) != (size, size) else ""
+        notes.append(f"resized {w}x{h} -> {nw}x{nh}{cropped}")
     return x.clamp(0, 1).contiguous(), notes
 
 

@@ -57,7 +57,8 @@ def arch_problems(arch) -> list[str]:
     if not isinstance(arch.get("name"), str):
         problems.append(f"arch.name: expected a string, got {arch.get('name')!r:.80}")
     if arch.get("input_size") is not None and not _int(arch.get("input_size"), 1, 100_000):
-        problems.append(f"arch.input_size: expected null or an integer in [1, 100000], got {arch.get('input_size')!r:.80}")
+        problems.append("arch.input_size: expected null or an integer in [1, 100000], got "
+                        f"{arch.get('input_size')!r:.80}")
     if not problems and arch["channels"][-1] != arch["num_classes"]:
         problems.append(f"arch: the last layer has {arch['channels'][-1]} channels but num_classes is "
                         f"{arch['num_classes']}")
