@@ -1,5 +1,6 @@
 """Architectures as plain data: the paper's S and L, our M, XL and CPU presets (README, "Models").
-One dict per model; every list has one entry per DAU layer.  The last layer's `channels` entry is replaced by `num_classes`.
+One dict per model; every list has one entry per DAU layer.  The last layer's `channels` entry is
+replaced by `num_classes`.
 
 Parameter count of a layer: C_in*r*k^2 (B) + r*C_out*C_in*k^2 (A) + C_out*C_in*k^2 (b).
 """
