@@ -228,3 +228,27 @@ def test_gzip_bomb_idx_is_refused_without_inflating(tmp_path):
         f.write(small + bytes(10) + bytes(10_000_000))       # declares 10 bytes, holds 10 MB
     with pytest.raises(ValueError, match="truncated or corrupt"):
         read_idx(tmp_path / "long.gz")
+
+
+def test_every_atomic_write_reports_a_full_disk_and_keeps_the_old_file(tmp_path):
+    """summary.json, logs, figures and reports all go through atomic_path."""
+    import errno
+    from codanet.utils.io import atomic_path, write_json
+    path = tmp_path / "summary.json"
+    write_json(path, {"old": 1})
+    with pytest.raises(OSError, match="no space left in .*summary.json needs about"):
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert json.loads(path.read_text()) == {"old": 1} and os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_sixteen_bit_pngs_in_data_folders_are_scaled(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from codanet.data.images import load_image
+    a = np.full((32, 32), 32768, dtype=np.uint16)            # mid-grey in 16 bits
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    x = load_image(str(tmp_path / "g16.png"), 32)
+    assert x.shape == (3, 32, 32) and abs(int(x.float().mean()) - 128) <= 1
