@@ -128,3 +128,10 @@ def test_explain_a_png_with_the_shipped_model(tmp_path):
     rec = json.loads((tmp_path / "out" / "explanations.json").read_text())["inputs"][0]
     assert rec["prediction_name"] == test.classes[int(test.labels[1])]
     assert os.path.isfile(rec["figure"]) and len(rec["explained"]) == 3
+
+
+def test_demo_starts_with_explanations_of_the_shipped_model(tmp_path):
+    from codanet.demo import explain_with_shipped_model
+    dataset_or_skip("fashion_mnist")
+    path = explain_with_shipped_model(str(tmp_path))
+    assert path and os.path.getsize(path) > 10_000
