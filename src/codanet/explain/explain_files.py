@@ -207,6 +207,8 @@ def explain_video(model, path: str, opts: ExplainOptions, out_dir: str, stem: st
                 raise ValueError(f"{path}: the video holds no frames")
             writer.close()
     finally:
+        if writer is not None:
+            writer.close()                      # also after an error: no open file handles left
         bar.close()
         reader.close()
     frames_path = os.path.join(out_dir, stem + "_frames.json")

@@ -145,6 +145,12 @@ class VideoWriter:
             self.container.mux(packet)
 
     def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        """Flush the encoder and close the file (once; later calls do nothing)."""
+        if self.container is None:
+            return
+        container, self.container = self.container, None
+        try:
+            for packet in self.stream.encode():
+                container.mux(packet)
+        finally:
+            container.close()
