@@ -105,7 +105,7 @@ def save_image_figure(model, x: torch.Tensor, result: dict, path: str, title: st
     axes[-1].imshow(overlay(image, maps[0].numpy()), interpolation="nearest")
     axes[-1].set_xticks([]), axes[-1].set_yticks([])
     axes[-1].set_title(f"overlay: {class_name(model, classes[0])}", fontsize=8)
-    fig.colorbar(im, ax=list(axes[1:shown + 1]), fraction=0.02, pad=0.02)
+    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01)       # the scale of the maps, at the right
     fig.suptitle(title, fontsize=8)
     return save_figure(fig, path)
 
