@@ -61,21 +61,21 @@ class Viewer:
     def views(self, x: torch.Tensor, target: int, layer: int, opacity: float) -> dict:
         """Pictures (H, W, 3) uint8: the map of `target` at `layer`, every class's map, the linear
         map's halves on x and on 1 - x (layer 0), the overlay."""
-        from .explain.explain_files import _colour, overlay
-        out = self.model.explain(x[None], target=target, layer=layer)
-        everything = self.model.explain_all(x[None], layer=layer)["contributions"][0]    # (K, H_l, W_l)
-        m = out["contributions"][0].numpy()
+        from .explain.explain_files import colour_map, overlay
+        out = self.model.explain_all(x[None], layer=layer)          # every class in one pass
+        everything = out["contributions"][0]                        # (K, H_l, W_l)
+        m = everything[target].numpy()
         image = x.permute(1, 2, 0).numpy()
-        views = dict(map=_upsample(_colour(m, float(np.abs(m).max()) or 1.0)),
+        views = dict(map=_upsample(colour_map(m, float(np.abs(m).max()) or 1.0)),
                      overlay=_upsample((overlay(image, m, opacity) * 255).round().astype(np.uint8)),
                      all_classes=self.class_grid(everything))
         if layer == 0:
-            w = (out["linear_map"][0] * self.model.temperature).numpy()      # (2C, H, W): rows of W_{0->L}
+            w = (out["linear_map"][0, target] * self.model.temperature).numpy()   # (2C, H, W): a row of W_{0->L}
             c = self.model.in_channels
             on_x, on_inv = w[:c].sum(0), w[c:].sum(0)
             scale = float(max(np.abs(on_x).max(), np.abs(on_inv).max())) or 1.0
-            views["weights_x"] = _upsample(_colour(on_x, scale))
-            views["weights_1mx"] = _upsample(_colour(on_inv, scale))
+            views["weights_x"] = _upsample(colour_map(on_x, scale))
+            views["weights_1mx"] = _upsample(colour_map(on_inv, scale))
         check = float(m.sum()) - (float(out["logits"][0, target]) - self.model.logit_bias)
         views["text"] = (f"**{self.names[target]}** at layer {layer}: contributions sum to "
                          f"{float(m.sum()):.4f} = logit − b₀ (difference {check:.1e})")

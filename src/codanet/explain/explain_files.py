@@ -66,7 +66,7 @@ def explain_image(model, x: torch.Tensor, opts: ExplainOptions) -> dict:
     return dict(record=record, maps=maps, classes=classes, probabilities=probs)
 
 
-def _colour(maps: np.ndarray, scale: float) -> np.ndarray:
+def colour_map(maps: np.ndarray, scale: float) -> np.ndarray:
     """(..., H, W) values -> (..., H, W, 3) uint8 in the bwr colour map on [-scale, scale]."""
     import matplotlib
     rgb = matplotlib.colormaps["bwr"]((maps / (2 * scale) + 0.5).clip(0, 1))[..., :3]
@@ -82,7 +82,7 @@ def overlay(image: np.ndarray, contributions: np.ndarray, opacity: float = 0.6) 
     m = torch.nn.functional.interpolate(m, size=(h, w), mode="nearest")[0, 0].numpy()
     scale = float(np.abs(m).max()) or 1.0
     alpha = (np.abs(m) / scale * opacity)[..., None]
-    colour = _colour(m, scale).astype(np.float32) / 255
+    colour = colour_map(m, scale).astype(np.float32) / 255
     base = np.repeat(grey[..., None], 3, -1)
     return (1 - alpha) * base + alpha * colour
 
@@ -150,7 +150,7 @@ def video_frame_panel(x: torch.Tensor, contributions: np.ndarray, size: int) -> 
     m = torch.from_numpy(np.ascontiguousarray(contributions, dtype=np.float32))[None, None]
     m = torch.nn.functional.interpolate(m, size=left.shape[:2], mode="nearest")[0, 0].numpy()
     gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([left, gap, _colour(m, scale)], axis=1)
+    return np.concatenate([left, gap, colour_map(m, scale)], axis=1)
 
 
 def positive_centre(contributions: np.ndarray) -> tuple[float, float] | None:
