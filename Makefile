@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch from this machine's local wheel; users elsewhere may install any torch>=2.1.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test demo bench fuzz clean data browser
+.PHONY: setup test lint demo bench fuzz clean data browser
 
 setup: $(STAMP)
 
@@ -33,8 +33,13 @@ data:
 		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
 		|| echo "note: could not install dataset-fashion-mnist; pass --data-dir to use your own copy"; fi
 
-test: setup
+test: setup lint
 	$(PY) -m pytest tests
+
+# ruff (lint + import order) and mypy (every function typed in nn/ and models/), configured in pyproject.toml
+lint: setup
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m mypy
 
 demo: setup
 	$(PY) -m codanet demo --out runs/demo

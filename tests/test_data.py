@@ -222,6 +222,7 @@ def test_crop_flip_and_randaugment():
 def test_prefetched_batches_are_the_same_in_every_mode():
     """inline, background thread and worker processes give identical batches and generators."""
     import contextlib
+
     from codanet.data.loader import EpochBatches, prefetched
     from codanet.train import make_config
     ds = load_dataset("mnist_5k", "train").subset(range(40))

@@ -9,7 +9,8 @@ import torch
 from codanet.train.checkpoint import read_checkpoint
 
 CFG = dict(model="coda_cpu", dataset="mnist_5k", max_train_images=64, max_test_images=32, batch_size=16,
-           epochs=1, optimizer="sgd", lr=0.5, schedule="constant", augment="none", threads=1, checkpoint_every_steps=100, temperature=50.0)
+           epochs=1, optimizer="sgd", lr=0.5, schedule="constant", augment="none", threads=1,
+           checkpoint_every_steps=100, temperature=50.0)
 
 
 def _free_port():
@@ -67,7 +68,7 @@ grids = [[(c % 10, c % 10) for c in range(k, k + 4)] for k in range(7)]      # 7
 ctx = distributed.setup(torch.device("cpu"))
 out = {}
 for name, m in make_methods(model, ["CoDA", "IxG"], 8).items():
-    loc = localisation(model, m, images, labels, n=2, grids=grids, progress=False, ctx=ctx)
+    loc = localisation(model, m, images, labels, grid_size=2, grid_cells=grids, progress=False, ctx=ctx)
     rem = pixel_removal(model, m, images[:9], labels[:9], steps=8, progress=False, ctx=ctx)
     out[name] = dict(scores=loc["scores"], per_class=loc["per_class"], curve=rem["curve"])
 if ctx.main:

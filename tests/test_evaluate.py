@@ -2,9 +2,17 @@
 import pytest
 import torch
 
-from codanet.evaluate import (cell_scores, confident_images, grid_image, localisation, make_grids,
-                              probability_curve, removal_counts, removal_order)
-from codanet.explain import CoDAContributions
+from codanet.evaluate import (
+    cell_scores,
+    confident_images,
+    grid_image,
+    localisation,
+    make_grids,
+    probability_curve,
+    removal_counts,
+    removal_order,
+)
+from codanet.explain import CoDA
 from codanet.explain.baselines import make_methods
 from conftest import tiny_model
 
@@ -86,7 +94,7 @@ def test_localisation_runs_end_to_end_with_coda():
     images = torch.rand(8, 1, 8, 8)
     labels = torch.arange(8)
     grids = [[(0, 0), (1, 1), (2, 2), (3, 3)], [(4, 4), (5, 5), (6, 6), (7, 7)], [(7, 7), (0, 0), (5, 5), (2, 2)]]
-    r = localisation(model, CoDAContributions(model), images, labels, n=2, progress=False, grids=grids)
+    r = localisation(model, CoDA(model), images, labels, grid_size=2, progress=False, grid_cells=grids)
     assert 0 <= r["mean"] <= 1 and len(r["scores"]) == 12 and len(r["per_class"]) == 8
     # by hand for the first cell of the first grid
     g = grid_image(images, grids[0], 2)[None]
@@ -112,9 +120,9 @@ def test_pixel_removal_order_and_probabilities():
     model = _Linear(v)
     x = torch.ones(1, 1, 2, 2)
     attribution = v[None] * x[:, 0]                           # exact contributions
-    order = removal_order(attribution, least_first=True)
+    order = removal_order(attribution, most_first=False)
     assert order.tolist() == [[1, 2, 0, 3]]                   # -2, 0.5, 1, 3
-    assert removal_order(attribution, least_first=False).tolist() == [[3, 0, 2, 1]]
+    assert removal_order(attribution, most_first=True).tolist() == [[3, 0, 2, 1]]
     counts = [0, 1, 2, 3, 4]
     curve = probability_curve(model, x, torch.tensor([0]), order, counts)
     expected = torch.sigmoid(torch.tensor([2.5, 4.5, 4.0, 3.0, 0.0]))
@@ -126,7 +134,7 @@ def test_coda_attribution_equals_explain():
     model = tiny_model("coda_cpu")
     x = torch.rand(3, 1, 12, 12)
     target = torch.tensor([1, 2, 3])
-    assert torch.equal(CoDAContributions(model).attribute(x, target), model.explain(x, target)["contributions"])
+    assert torch.equal(CoDA(model).attribute(x, target), model.explain(x, target)["contributions"])
     methods = make_methods(model, ["CoDA"], 12)
     assert torch.allclose(methods["CoDA"].attribute(x, target), model.explain(x, target)["contributions"])
 
@@ -160,6 +168,6 @@ def test_unknown_method_and_bad_target_are_rejected():
     model = tiny_model("coda_cpu")
     with pytest.raises(ValueError, match="unknown attribution method 'SHAP'"):
         make_methods(model, ["SHAP"], 28)
-    for name, method in make_methods(model, ["CoDA", "Grad", "Occ5"], 12).items():
+    for method in make_methods(model, ["CoDA", "Grad", "Occ5"], 12).values():
         with pytest.raises(ValueError, match=r"target must lie in \[0, 9\]"):
             method.attribute(torch.rand(2, 1, 12, 12), target=10)

@@ -8,7 +8,7 @@ from codanet.experiments import digits, eigenvectors
 
 @pytest.mark.parametrize("seed,triple", [(0, (0, 1, 2)), (1, (10, 25, 300)), (2, (7, 1500, 3999))])
 def test_eigenvectors_of_AB_encode_the_clean_digits(seed, triple):
-    r = eigenvectors.run(triple, n=1536, noise=1.0, steps=300, seed=seed, progress=False)
+    r = eigenvectors.run(triple, samples=1536, noise=1.0, steps=300, seed=seed, progress=False)
     assert len(r["eigenvalues"]) == 3
     assert min(r["best_cosine"]) >= 0.85, r["best_cosine"]
     assert min(r["principal_angle_cosines"]) >= 0.95, r["principal_angle_cosines"]
@@ -17,7 +17,7 @@ def test_eigenvectors_of_AB_encode_the_clean_digits(seed, triple):
 
 def test_eigenvectors_come_from_BA():
     torch.manual_seed(0)
-    unit = eigenvectors.DAU(20, 3, bias=False).double()
+    unit = eigenvectors.DAU(20, rank=3, bias=False).double()
     lam, vecs = eigenvectors.eigenvectors(unit)
     A, B, _ = unit.paper_matrices()
     M = (A[0] @ B).numpy()

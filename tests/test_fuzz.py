@@ -42,7 +42,8 @@ _values = st.one_of(_words, st.integers(-5, 10**6).map(str), st.floats(allow_nan
 
 
 @SETTINGS
-@given(st.lists(st.tuples(_keys, _values), max_size=4), st.sampled_from(["mnist_5k", "cifar10_s_sq_T1000", "nope.json"]))
+@given(st.lists(st.tuples(_keys, _values), max_size=4),
+       st.sampled_from(["mnist_5k", "cifar10_s_sq_T1000", "nope.json"]))
 def test_cli_train_arguments(monkeypatch, pairs, config):
     from codanet import train as train_pkg
     monkeypatch.setattr(train_pkg, "train", lambda cfg, out, **kw: {"stopped_by": None, "test_accuracy": 0.0,
@@ -53,7 +54,7 @@ def test_cli_train_arguments(monkeypatch, pairs, config):
 
 @SETTINGS
 @given(st.lists(st.one_of(_words, st.sampled_from(["evaluate", "localisation", "pixel-removal", "report",
-                                                    "--grids", "--n", "-1", "0", "--methods", "CoDA,Foo",
+                                                    "--grids", "--grid-size", "-1", "0", "--methods", "CoDA,Foo",
                                                     "experiment", "eigenvectors", "--digits", "bench"])),
                 max_size=5))
 def test_cli_arbitrary_arguments(argv):
@@ -174,8 +175,10 @@ _json = st.recursive(_json_scalars, lambda inner: st.one_of(st.lists(inner, max_
 
 def _tiny_state_and_tensors():
     import json as _json_mod
+
     from safetensors import safe_open
     from safetensors.torch import load_file
+
     from codanet.train.checkpoint import save_checkpoint
     from conftest import tiny_model
     d = tempfile.mkdtemp()
@@ -199,7 +202,9 @@ def test_checkpoint_metadata_mutations_never_crash(edits):
     model or a ValueError, never another exception or a large allocation."""
     import copy
     import json as _json_mod
+
     from safetensors.torch import save_file
+
     from codanet.train.checkpoint import load_model
     global _STATE, _TENSORS
     if _STATE is None:
@@ -229,12 +234,13 @@ def test_checkpoint_metadata_mutations_never_crash(edits):
 
 
 @HOSTILE
-@given(st.one_of(_json, st.dictionaries(st.sampled_from(["epochs", "lr", "model", "rank", "name", "batch_size",
+@given(st.one_of(_json, st.dictionaries(st.sampled_from(["epochs", "lr", "model", "rank", "run_name", "batch_size",
                                                           "threads", "max_train_images", "_comment", "x"]),
                                         _json_scalars, max_size=6)),
        st.sampled_from(["", "dup", "deep"]))
 def test_config_files_never_crash(data, twist):
     import json as _json_mod
+
     from codanet.train import load_config_file, make_config
     try:
         text = _json_mod.dumps(data)
@@ -265,10 +271,10 @@ def test_every_set_key_across_its_extremes(data):
     from codanet.train import DEFAULTS, make_config, parse_set
     key = data.draw(st.sampled_from(sorted(DEFAULTS)))
     value = data.draw(st.sampled_from(_EXTREMES))
-    from codanet.train.config import RANGES
+    from codanet.train.config import KEYS
     try:
         cfg = make_config(parse_set([f"{key}={value}"]))
     except ValueError:
         return
-    if key in RANGES and isinstance(cfg[key], (int, float)):
-        assert cfg[key] <= RANGES[key]
+    if KEYS[key].high is not None and isinstance(cfg[key], (int, float)):
+        assert cfg[key] <= KEYS[key].high

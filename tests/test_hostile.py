@@ -69,10 +69,10 @@ def test_metadata_that_is_not_an_object(good, tmp_path, capsys, meta):
 
 def test_nan_weights_are_refused_with_their_names(good, tmp_path, capsys):
     _, tensors, state = good
-    tensors["model.layers.3.A"][0, 0, 0, 0, 0] = float("nan")
+    tensors["model.layers.3.A_T"][0, 0, 0, 0, 0] = float("nan")
     tensors["model.layers.5.b"][0] = float("inf")
     rc, err = run_cli(["evaluate", write(tmp_path / "nan.safetensors", tensors, state)], capsys)
-    one_line_error(rc, err, "model.layers.3.A", "model.layers.5.b")
+    one_line_error(rc, err, "model.layers.3.A_T", "model.layers.5.b")
 
 
 def test_unknown_dataset_fails_at_once(good, capsys):
@@ -116,6 +116,7 @@ def mnist_or_skip():
 
 def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     import errno
+
     import safetensors.torch
     mnist_or_skip()
     real, calls = safetensors.torch.save_file, []
@@ -139,7 +140,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
 
 @pytest.mark.parametrize("setting,needle", [
     ("rank=1000000", "rank"), ("threads=100000", "threads"), ("max_train_images=1000000000000", "max_train_images"),
-    ("batch_size=10000000", "batch_size"), ("name=../../outside", "name"), ("name=/tmp/abs", "name"),
+    ("batch_size=10000000", "batch_size"), ("run_name=../../outside", "run_name"), ("run_name=/tmp/abs", "run_name"),
 ])
 def test_absurd_settings_are_refused_before_any_work(tmp_path, capsys, setting, needle):
     rc, err = run_cli(["train", "fashion_mnist_demo", "--out", str(tmp_path / "r"), "--set", setting], capsys)
@@ -201,7 +202,7 @@ def test_two_processes_training_into_one_folder(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (["pixel-removal", "CKPT", "--steps", "1000000000"], "--steps must lie in"),
     (["localisation", "CKPT", "--grids", "1000000000"], "--grids must lie in"),
-    (["localisation", "CKPT", "--n", "4"], "needs 16 distinct classes"),
+    (["localisation", "CKPT", "--grid-size", "4"], "needs 16 distinct classes"),
     (["localisation", "CKPT", "--json", "DIR"], "is a folder"),
 ])
 def test_evaluation_sizes_are_checked_before_work(good, tmp_path, capsys, argv, needle):
@@ -214,6 +215,7 @@ def test_evaluation_sizes_are_checked_before_work(good, tmp_path, capsys, argv, 
 
 def test_gzip_bomb_idx_is_refused_without_inflating(tmp_path):
     import gzip
+
     from codanet.data import read_idx
     header = bytes([0, 0, 0x08, 3]) + (200_000).to_bytes(4, "big") + (100).to_bytes(4, "big") + (100).to_bytes(4, "big")
     path = tmp_path / "bomb-idx3-ubyte.gz"
@@ -233,6 +235,7 @@ def test_gzip_bomb_idx_is_refused_without_inflating(tmp_path):
 def test_every_atomic_write_reports_a_full_disk_and_keeps_the_old_file(tmp_path):
     """summary.json, logs, figures and reports all go through atomic_path."""
     import errno
+
     from codanet.utils.io import atomic_path, write_json
     path = tmp_path / "summary.json"
     write_json(path, {"old": 1})
@@ -247,6 +250,7 @@ def test_every_atomic_write_reports_a_full_disk_and_keeps_the_old_file(tmp_path)
 def test_sixteen_bit_pngs_in_data_folders_are_scaled(tmp_path):
     import numpy as np
     from PIL import Image
+
     from codanet.data.images import load_image
     a = np.full((32, 32), 32768, dtype=np.uint16)            # mid-grey in 16 bits
     Image.fromarray(a).save(tmp_path / "g16.png")

@@ -98,7 +98,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 def test_sigterm_writes_checkpoint_and_resume_matches(tmp_path):
     sets = [f"--set={k}={json.dumps(v)}" for k, v in dict(TINY, epochs=6, checkpoint_every_steps=50).items()]
     cmd = [sys.executable, "-m", "codanet", "train", "mnist_5k", *sets, "--quiet"]
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "b")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "b")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     log = tmp_path / "b" / "log.csv"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not log.exists():

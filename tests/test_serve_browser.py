@@ -103,6 +103,7 @@ def test_listens_on_loopback_only(server):
 def test_upload_predict_two_classes_and_a_bad_file(server, tmp_path):
     import torch
     from PIL import Image
+
     from codanet import load_model
     from codanet.data import load_dataset
     url, _ = server

@@ -40,7 +40,7 @@ def _brute_force_W(net, x):
     """W_{0->L}(x) (K, D) as a product of materialised layer matrices, differentiable in the params."""
     a, mats = torch.cat([x, 1 - x], 0), []
     for layer in net.layers:
-        A, B, b = layer.A.flatten(2).transpose(1, 2), layer.B.flatten(1), layer.b.flatten(1)
+        A, B, b = layer.A_T.flatten(2).transpose(1, 2), layer.B.flatten(1), layer.b.flatten(1)
         mats.append(layer_matrix(layer, a, (A, B, b)))
         a = dau_conv2d_reference(a[None], A, B, b, layer.kernel_size, layer.stride, layer.padding,
                                  layer.nonlinearity)[0]
@@ -124,7 +124,7 @@ def test_tiny_training_reduces_loss_and_writes_outputs(tmp_path):
     cfg = make_config(dict(TINY, epochs=4, max_train_images=128, temperature=20.0))
     ds = load_dataset("mnist_5k", "train").subset(range(128))
     x, y = make_batch(ds, range(128), "none", None, train=False), ds.labels
-    from codanet.train.trainer import build_model
+    from codanet.train.setup import build_model
     torch.manual_seed(cfg["seed"])
     with torch.no_grad():
         before = coda_loss(build_model(cfg, 10, 1), x, y)[0].item()
@@ -155,7 +155,8 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
                              "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "b" / "checkpoints"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (ckpts.exists() and any(ckpts.glob("step-*.safetensors"))):
+    while time.time() < deadline and proc.poll() is None and not (
+            ckpts.exists() and any(ckpts.glob("step-*.safetensors"))):
         time.sleep(0.02)
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL) if killed else None

@@ -23,18 +23,18 @@ def _randomise_bias(layer):
     (2, 1, 1, 1, True), (3, 3, 2, 6, False), (4, 2, 3, 3, True),
 ])
 def test_conv_layer_matches_materialised_reference(nonlinearity, k, stride, padding, rank, bias):
-    layer = DAUConv2d(3, 5, k, rank, stride=stride, padding=padding, nonlinearity=nonlinearity,
+    layer = DAUConv2d(3, 5, k, rank=rank, stride=stride, padding=padding, nonlinearity=nonlinearity,
                       bias=bias).double()
     if bias:
         _randomise_bias(layer)
     x = torch.rand(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
-    params = [layer.A, layer.B] + ([layer.b] if bias else [])
+    params = [layer.A_T, layer.B] + ([layer.b] if bias else [])
     out = layer(x)
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, [x] + params, g)
 
     # the literal formula on the same parameters, in the paper's notation
-    A = layer.A.detach().clone().requires_grad_()
+    A = layer.A_T.detach().clone().requires_grad_()
     B = layer.B.detach().clone().requires_grad_()
     b = (layer.b if bias else torch.zeros(5, 3, k, k, dtype=torch.float64)).detach().clone().requires_grad_()
     xr = x.detach().clone().requires_grad_()
@@ -49,7 +49,7 @@ def test_conv_layer_matches_materialised_reference(nonlinearity, k, stride, padd
 
 @pytest.mark.parametrize("nonlinearity", ["sq", "l2"])
 def test_linear_layer_and_single_unit_match_reference(nonlinearity):
-    layer = DAULinear(7, 4, 3, nonlinearity=nonlinearity).double()
+    layer = DAULinear(7, 4, rank=3, nonlinearity=nonlinearity).double()
     _randomise_bias(layer)
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     A, B, b = layer.paper_matrices()
@@ -62,12 +62,12 @@ def test_linear_layer_and_single_unit_match_reference(nonlinearity):
     # the materialised weights w_j(x) reproduce the outputs
     w = layer.linear_weights(x)
     assert _rel((w * x[:, None]).sum(-1), out) <= 1e-9
-    unit = DAU(7, 2, nonlinearity=nonlinearity).double()
+    unit = DAU(7, rank=2, nonlinearity=nonlinearity).double()
     assert unit(x).shape == (5,)
 
 
 def test_paper_matrices_shapes_and_unfold_order():
-    layer = DAUConv2d(3, 4, 3, 2, bias=True).double()
+    layer = DAUConv2d(3, 4, 3, rank=2, bias=True).double()
     A, B, b = layer.paper_matrices()
     assert A.shape == (4, 27, 2) and B.shape == (2, 27) and b.shape == (4, 27)
     x = torch.rand(1, 3, 5, 5, dtype=torch.float64)
@@ -82,15 +82,15 @@ def test_output_bounded_by_input_norm(nonlinearity):
     """eq. 3: |DAU(x)| <= ||x|| for every unit, every position."""
     for seed in range(5):
         torch.manual_seed(seed)
-        layer = DAUConv2d(4, 6, 3, 5, nonlinearity=nonlinearity).double()
+        layer = DAUConv2d(4, 6, 3, rank=5, nonlinearity=nonlinearity).double()
         with torch.no_grad():
-            layer.A.mul_(10 ** (seed - 2))
+            layer.A_T.mul_(10 ** (seed - 2))
             layer.b.normal_(0, 10 ** (seed - 2))
         x = torch.randn(3, 4, 6, 6, dtype=torch.float64) * 10 ** (seed - 2)
         out = layer(x)
         norms = F.unfold(x, 3, padding=1).norm(dim=1).view(3, 1, 6, 6)
         assert (out.abs() <= norms * (1 + 1e-12)).all()
-        lin = DAULinear(8, 3, 2, nonlinearity=nonlinearity).double()
+        lin = DAULinear(8, 3, rank=2, nonlinearity=nonlinearity).double()
         v = torch.randn(10, 8, dtype=torch.float64) * 10 ** (seed - 2)
         assert (lin(v).abs() <= v.norm(dim=1, keepdim=True) * (1 + 1e-12)).all()
 
@@ -101,19 +101,19 @@ def test_zero_vector_gives_finite_values_and_gradients(nonlinearity):
     g = rescale(u, nonlinearity)
     g.sum().backward()
     assert torch.isfinite(g).all() and torch.isfinite(u.grad).all()
-    layer = DAUConv2d(2, 3, 3, 2, nonlinearity=nonlinearity, bias=False)
+    layer = DAUConv2d(2, 3, 3, rank=2, nonlinearity=nonlinearity, bias=False)
     x = torch.zeros(1, 2, 4, 4, requires_grad=True)
     out = layer(x)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
-    assert torch.isfinite(layer.A.grad).all() and torch.isfinite(layer.B.grad).all()
+    assert torch.isfinite(layer.A_T.grad).all() and torch.isfinite(layer.B.grad).all()
 
 
 def test_explanation_gradient_equals_product_of_layer_matrices():
     """eq. 7: the explanation-mode gradient of a 3-layer net is the product W_3 W_2 W_1."""
     torch.manual_seed(1)
     layers = torch.nn.Sequential(
-        DAUConv2d(2, 3, 3, 2), DAUConv2d(3, 4, 3, 3, stride=2), DAUConv2d(4, 2, 1, 2)).double()
+        DAUConv2d(2, 3, 3, rank=2), DAUConv2d(3, 4, 3, rank=3, stride=2), DAUConv2d(4, 2, 1, rank=2)).double()
     for layer in layers:
         _randomise_bias(layer)
     x = torch.rand(2, 5, 5, dtype=torch.float64)
@@ -171,7 +171,7 @@ def test_backproject_equals_autograd_for_many_outputs(k, stride, padding):
     """DAUConv2d.backproject (K cotangents through the materialised weights) == K explanation-mode
     backward passes, for kernels, strides and paddings where the patches overlap or leave pixels out."""
     torch.manual_seed(0)
-    layer = DAUConv2d(3, 4, k, 2, stride=stride, padding=padding).double()
+    layer = DAUConv2d(3, 4, k, rank=2, stride=stride, padding=padding).double()
     _randomise_bias(layer)
     x = torch.rand(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
     with explanation_mode(layer):
@@ -188,7 +188,7 @@ def test_backproject_equals_autograd_for_many_outputs(k, stride, padding):
 
 
 def test_explanation_mode_restores_flags_after_exception():
-    net = torch.nn.Sequential(DAUConv2d(2, 2, 3, 2), DAUConv2d(2, 2, 3, 2))
+    net = torch.nn.Sequential(DAUConv2d(2, 2, 3, rank=2), DAUConv2d(2, 2, 3, rank=2))
     with pytest.raises(RuntimeError):
         with explanation_mode(net):
             assert all(m.explanation_mode for m in net)
@@ -197,11 +197,11 @@ def test_explanation_mode_restores_flags_after_exception():
 
 
 def test_layer_attributes_like_conv2d():
-    layer = DAUConv2d(3, 8, 5, 4, stride=2)
+    layer = DAUConv2d(3, 8, 5, rank=4, stride=2)
     assert (layer.kernel_size, layer.stride, layer.padding, layer.nonlinearity) == (5, 2, 2, "sq")
     assert layer.in_channels == 3 and layer.out_channels == 8 and layer.rank == 4
     with pytest.raises(ValueError, match="nonlinearity"):
-        DAUConv2d(3, 8, 3, 4, nonlinearity="relu")
+        DAUConv2d(3, 8, 3, rank=4, nonlinearity="relu")
     with pytest.raises(ValueError, match="shape"):
         layer(torch.rand(1, 4, 8, 8))
 
@@ -222,3 +222,36 @@ def test_torch_compile_gives_the_same_outputs_and_gradients():
     assert [n for n, _ in model.named_parameters()] == names          # checkpoints keep their keys
     assert torch.allclose(out, eager_out, rtol=1e-5, atol=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, eager_grads))
+
+
+class _ScaledByMean(torch.nn.Module):
+    """A user's own dynamic-linear layer y = W(x) x with W(x) = mean(x) (a scalar), following the
+    explanation-mode protocol."""
+
+    def __init__(self):
+        super().__init__()
+        self.explanation_mode = False
+
+    def set_explanation_mode(self, on: bool) -> None:
+        self.explanation_mode = on
+
+    def forward(self, x):
+        w = x.mean(dim=1, keepdim=True)
+        return (w.detach() if self.explanation_mode else w) * x
+
+
+def test_explanation_mode_protocol_includes_users_layers_and_restores_on_error():
+    from codanet.nn import ExplainableLayer, explainable_layers
+    net = torch.nn.Sequential(DAULinear(4, 4, rank=2).double(), _ScaledByMean())
+    assert len(explainable_layers(net)) == 2 and isinstance(net[1], ExplainableLayer)
+    x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    with explanation_mode(net):
+        y = net(x)
+        (g,) = torch.autograd.grad(y[:, 1].sum(), x)
+    # in explanation mode the whole net is linear in x: gradient . x == output, exactly
+    assert torch.allclose((g * x).sum(1), y[:, 1], atol=1e-12, rtol=0)
+    net[1].explanation_mode = True                      # a layer already in the mode stays in it
+    with pytest.raises(RuntimeError, match="boom"):
+        with explanation_mode(net):
+            raise RuntimeError("boom")
+    assert net[1].explanation_mode is True and net[0].explanation_mode is False

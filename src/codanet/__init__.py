@@ -8,7 +8,8 @@ from . import train
 from .models import CoDANet, create_model, list_models
 from .nn import DAU, DAUConv2d, DAULinear, explanation_mode
 from .train.checkpoint import load_model
+from .train.finetune import finetune
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "load_model", "train", "CoDANet", "DAU", "DAULinear", "DAUConv2d",
+__all__ = ["create_model", "list_models", "load_model", "train", "finetune", "CoDANet", "DAU", "DAULinear", "DAUConv2d",
            "explanation_mode", "__version__"]

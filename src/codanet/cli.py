@@ -14,7 +14,12 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codanet", description="Convolutional Dynamic Alignment Networks")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_bench, _add_train, _add_evaluate, _add_experiment, _add_explain, _add_small_commands):
+        add(sub)
+    return p
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
     bsub = b.add_subparsers(dest="bench", required=True)
     bl = bsub.add_parser("layers", help="the nine coda_s layers: efficient vs materialised reference")
@@ -22,57 +27,6 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--repeats", type=int, default=3)
     bl.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     bl.add_argument("--json", help="write the results here")
-
-    t = sub.add_parser("train", help="train a CoDA-Net from a config file (configs/*.json)")
-    t.add_argument("config", help="JSON config file (see configs/)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable), e.g. --set epochs=5 --set lr=1e-3")
-    t.add_argument("--out", help="output folder (default runs/<name>)")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    e = sub.add_parser("evaluate", help="accuracy (default), localisation or pixel-removal of a checkpoint",
-                       usage="codanet evaluate [accuracy|localisation|pixel-removal] CHECKPOINT [options]")
-    e.add_argument("what", nargs="+", metavar="[METRIC] CHECKPOINT")
-    e.add_argument("--data-dir", default=None, help="override the dataset folder")
-    e.add_argument("--dataset", default=None, help="evaluate on another (compatible) dataset")
-    e.add_argument("--json", help="write the result here (a PNG figure is written beside it)")
-    e.add_argument("--methods", default=None,
-                   help="comma-separated: CoDA,Grad,IxG,IntGrad,DeepLIFT,GradCAM,Occ5,Occ9,RISE,LIME")
-    e.add_argument("--grids", type=int, default=100, help="localisation: number of grids")
-    e.add_argument("--n", type=int, default=3, help="localisation: grid size n (n x n)")
-    e.add_argument("--images", type=int, default=256, help="pixel removal: number of test images")
-    e.add_argument("--steps", type=int, default=128, help="pixel removal: removal steps up to 25 %%")
-    e.add_argument("--most-first", action="store_true", help="pixel removal: most important first")
-    e.add_argument("--seed", type=int, default=0)
-
-    x = sub.add_parser("experiment", help="the paper's DAU experiments on MNIST digits (Fig. 2, Fig. 3)")
-    xsub = x.add_subparsers(dest="experiment", required=True)
-    xe = xsub.add_parser("eigenvectors", help="Fig. 3: eigenvectors of AB of a rank-3 DAU encode the digits")
-    xe.add_argument("--out", default="runs/eigenvectors")
-    xe.add_argument("--n", type=int, default=3072, help="noisy samples")
-    xe.add_argument("--noise", type=float, default=1.0, help="std of the Gaussian noise (pixels in [0, 1])")
-    xe.add_argument("--digits", default="0,1,2", help="indices of 3 digits in MNIST-5k's train split")
-    xe.add_argument("--steps", type=int, default=400)
-    xe.add_argument("--seed", type=int, default=0)
-    xd = xsub.add_parser("digits", help="Fig. 2: weights of a DAU layer and a 5-layer net on noisy digits")
-    xd.add_argument("--out", default="runs/digits")
-    xd.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise before clipping to [0, 1]")
-    xd.add_argument("--epochs-single", type=int, default=20)
-    xd.add_argument("--epochs-deep", type=int, default=4)
-    xd.add_argument("--seed", type=int, default=0)
-    xt = xsub.add_parser("temperature", help="Fig. 4 / Fig. 6 right: train coda_cpu at several T, "
-                                            "localisation and pixel removal against T")
-    xt.add_argument("--out", default="runs/demo/temperature")
-    xt.add_argument("--temperatures", default="49,250,1000")
-    xt.add_argument("--minutes", type=float, default=5.0, help="training budget per model")
-    xt.add_argument("--grids", type=int, default=50)
-    xt.add_argument("--images", type=int, default=256)
-    xt.add_argument("--data-dir", default=None)
-
-    r = sub.add_parser("report", help="write RUN_DIR/report.html (accuracy, maps, metrics, costs)")
-    r.add_argument("run_dir")
-
     bm = bsub.add_parser("models", help="whole-model training/inference speed and explanation cost")
     bm.add_argument("--repeats", type=int, default=5)
     bm.add_argument("--no-reference", action="store_true", help="skip the (slow) materialised reference model")
@@ -88,16 +42,69 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=int, default=5)
     be.add_argument("--json", help="write the results here")
 
-    m = sub.add_parser("models", help="list the registered models and their shipped weights")
-    m.add_argument("--counts", action="store_true", help="also build each model to count its parameters")
 
-    sv = sub.add_parser("serve", help="an interactive viewer of explanations in the browser (Gradio)")
-    sv.add_argument("--model", default="coda_cpu:fashion_mnist",
-                    help="NAME:WEIGHTS of shipped weights or a checkpoint file (default coda_cpu:fashion_mnist)")
-    sv.add_argument("--host", default="127.0.0.1",
-                    help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    sv.add_argument("--port", type=int, default=7860)
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train.config import describe_keys
+    t = sub.add_parser("train", help="train a CoDA-Net from a config file (configs/*.json)",
+                       epilog="config keys (--set KEY=VALUE):\n" + describe_keys(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", help="JSON config file or the name of a shipped one (codanet/configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set epochs=5 --set lr=1e-3")
+    t.add_argument("--from", dest="init_from", metavar="WEIGHTS",
+                   help="start from shipped weights (coda_cpu:fashion_mnist) or a checkpoint: the same as "
+                        "--set init_from=WEIGHTS (docs/finetuning.md)")
+    t.add_argument("--out", help="output folder (default runs/<name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("evaluate", help="accuracy (default), localisation or pixel-removal of a checkpoint",
+                       usage="codanet evaluate [accuracy|localisation|pixel-removal] CHECKPOINT [options]")
+    e.add_argument("what", nargs="+", metavar="[METRIC] CHECKPOINT")
+    e.add_argument("--data-dir", default=None, help="override the dataset folder")
+    e.add_argument("--dataset", default=None, help="evaluate on another (compatible) dataset")
+    e.add_argument("--json", help="write the result here (a PNG figure is written beside it)")
+    e.add_argument("--methods", default=None,
+                   help="comma-separated: CoDA,Grad,IxG,IntGrad,DeepLIFT,GradCAM,Occ5,Occ9,RISE,LIME")
+    e.add_argument("--grids", type=int, default=100, help="localisation: number of grids")
+    e.add_argument("--grid-size", type=int, default=3, help="localisation: grid size n (n x n images)")
+    e.add_argument("--images", type=int, default=256, help="pixel removal: number of test images")
+    e.add_argument("--steps", type=int, default=128, help="pixel removal: removal steps up to 25 %%")
+    e.add_argument("--most-first", action="store_true", help="pixel removal: most important first")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when available (as training picks its device)")
+
+
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    x = sub.add_parser("experiment", help="the paper's DAU experiments on MNIST digits (Fig. 2, Fig. 3)")
+    xsub = x.add_subparsers(dest="experiment", required=True)
+    xe = xsub.add_parser("eigenvectors", help="Fig. 3: eigenvectors of AB of a rank-3 DAU encode the digits")
+    xe.add_argument("--out", default="runs/eigenvectors")
+    xe.add_argument("--samples", type=int, default=3072, help="noisy samples")
+    xe.add_argument("--noise", type=float, default=1.0, help="std of the Gaussian noise (pixels in [0, 1])")
+    xe.add_argument("--digits", default="0,1,2", help="indices of 3 digits in MNIST-5k's train split")
+    xe.add_argument("--steps", type=int, default=400)
+    xe.add_argument("--seed", type=int, default=0)
+    xd = xsub.add_parser("digits", help="Fig. 2: weights of a DAU layer and a 5-layer net on noisy digits")
+    xd.add_argument("--out", default="runs/digits")
+    xd.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise before clipping to [0, 1]")
+    xd.add_argument("--epochs-single", type=int, default=20)
+    xd.add_argument("--epochs-deep", type=int, default=4)
+    xd.add_argument("--seed", type=int, default=0)
+    xt = xsub.add_parser("temperature", help="Fig. 4 / Fig. 6 right: train coda_cpu at several T, "
+                                            "localisation and pixel removal against T")
+    xt.add_argument("--out", default="runs/demo/temperature")
+    xt.add_argument("--temperatures", default="49,250,1000")
+    xt.add_argument("--epochs", type=int, default=4, help="training epochs per model (a fixed amount of work)")
+    xt.add_argument("--grids", type=int, default=50)
+    xt.add_argument("--images", type=int, default=256)
+    xt.add_argument("--data-dir", default=None)
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("explain", help="contribution maps of images, folders of images and videos",
                         description="Explain images (PNG, JPEG, BMP, TIFF, WebP), folders of them and "
                                     "videos (MP4, GIF, animated PNG) with a CoDA-Net: a figure, the raw maps "
@@ -121,18 +128,35 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch-size", type=int, default=32, help="video frames per batch")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_small_commands(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("report", help="write RUN_DIR/report.html (accuracy, maps, metrics, costs)")
+    r.add_argument("run_dir")
+
+    m = sub.add_parser("models", help="list the registered models and their shipped weights")
+    m.add_argument("--counts", action="store_true", help="also build each model to count its parameters")
+
+    sv = sub.add_parser("serve", help="an interactive viewer of explanations in the browser (Gradio)")
+    sv.add_argument("--model", default="coda_cpu:fashion_mnist",
+                    help="NAME:WEIGHTS of shipped weights or a checkpoint file (default coda_cpu:fashion_mnist)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=7860)
+
     d = sub.add_parser("demo", help="the main job: train the CPU preset on Fashion-MNIST, explain, report")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--data-dir", default=None)
     d.add_argument("--max-minutes", type=float, default=None,
                    help="stop training after this many minutes (default: no limit, the config's 3 epochs)")
-    return p
 
 
 def _train(args) -> int:
     from .train import load_config_file, make_config, parse_set, train
-    cfg = make_config(parse_set(args.set), base=load_config_file(args.config))
-    out = args.out or os.path.join("runs", cfg["name"])
+    overrides = parse_set(args.set)
+    if args.init_from is not None:
+        overrides["init_from"] = args.init_from
+    cfg = make_config(overrides, base=load_config_file(args.config))
+    out = args.out or os.path.join("runs", cfg["run_name"])
     if args.resume and not os.path.isdir(out):
         raise FileNotFoundError(f"--resume: run folder {out} does not exist")
     summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
@@ -157,19 +181,13 @@ def _evaluate(args) -> int:
         raise UsageError(f"--dataset: unknown data set {args.dataset!r}; known: {', '.join(sorted(DATASETS))}")
     if kind != "accuracy":
         return _evaluate_metric(kind, args)
-    from .train import evaluate_accuracy, load_model
-    from .data import load_dataset
+    from .evaluate.runner import checkpoint_test_split
+    from .train import evaluate_accuracy
+    from .train.setup import select_device
     from .utils.io import write_json
-    model, state = load_model(args.checkpoint)
-    cfg = state.get("config") or {}
-    name = args.dataset or cfg.get("dataset")
-    if name is None:
-        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --dataset")
-    test = load_dataset(name, "test", args.data_dir or (cfg.get("data_dir") if name == cfg.get("dataset") else None))
-    if test.num_classes != model.num_classes or test.channels != model.in_channels:
-        raise ValueError(f"{args.checkpoint}: model has {model.num_classes} classes / {model.in_channels} "
-                         f"channels, dataset {test.name} has {test.num_classes} / {test.channels}")
-    metrics = evaluate_accuracy(model, test, progress=True)
+    device = select_device(args.device)
+    model, _, test = checkpoint_test_split(args.checkpoint, args.dataset, args.data_dir, device)
+    metrics = evaluate_accuracy(model, test, device=device, progress=True)
     result = dict(checkpoint=args.checkpoint, dataset=test.name, images=len(test), **metrics)
     print(f"{test.name} test: top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} ({len(test)} images)")
     if args.json:
@@ -197,14 +215,14 @@ def _evaluate_metric(kind, args) -> int:
     for name, high in EVALUATE_BOUNDS.items():
         if not 1 <= getattr(args, name) <= high:
             raise UsageError(f"--{name} must lie in [1, {high:,}], got {getattr(args, name)}")
-    if args.n < 2:
-        raise UsageError(f"--n (grid size) must be >= 2, got {args.n}")
+    if args.grid_size < 2:
+        raise UsageError(f"--grid-size must be >= 2, got {args.grid_size}")
     if args.json:
         check_output_file(args.json)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    summary = run(kind, args.checkpoint, methods, n=args.n, grids=args.grids, images=args.images,
+    summary = run(kind, args.checkpoint, methods, grid_size=args.grid_size, grids=args.grids, images=args.images,
                   steps=args.steps, most_first=args.most_first, dataset=args.dataset, data_dir=args.data_dir,
-                  out=args.json, seed=args.seed)
+                  out=args.json, seed=args.seed, device=args.device)
     if os.environ.get("RANK", "0") != "0":       # under torchrun, rank 0 reports
         return 0
     print(format_table(summary))
@@ -215,6 +233,7 @@ def _evaluate_metric(kind, args) -> int:
 
 def _explain(args) -> int:
     import torch
+
     from .explain.explain_files import ExplainOptions, explain_inputs
     from .train import load_model
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -246,8 +265,8 @@ def _models(args) -> int:
         line = name
         if args.counts:
             line += f"\t{create_model(name).num_parameters() / 1e6:.2f} M"
-        shipped = [f"{name}:{w} ({model_card(name, w)['dataset']}, top-1 {100 * model_card(name, w)['test_top1']:.2f} %)"
-                   for w in weights.get(name, [])]
+        cards = {w: model_card(name, w) for w in weights.get(name, [])}
+        shipped = [f"{name}:{w} ({c['dataset']}, top-1 {100 * c['test_top1']:.2f} %)" for w, c in cards.items()]
         print(line + ("\tweights: " + ", ".join(shipped) if shipped else ""))
     return 0
 
@@ -263,9 +282,9 @@ def _experiment(args) -> int:
             raise UsageError(f"--digits expects comma-separated integers, got {args.digits!r}") from None
         if len(idx) != 3 or min(idx) < 0 or max(idx) >= 4000:
             raise UsageError(f"--digits expects 3 indices in [0, 3999], got {args.digits!r}")
-        if args.n < 3 or args.noise < 0 or args.steps < 1:
-            raise UsageError("--n must be >= 3, --noise >= 0 and --steps >= 1")
-        result = ev.run(idx, args.n, args.noise, args.steps, args.seed)
+        if args.samples < 3 or args.noise < 0 or args.steps < 1:
+            raise UsageError("--samples must be >= 3, --noise >= 0 and --steps >= 1")
+        result = ev.run(idx, args.samples, args.noise, args.steps, args.seed)
         fig = ev.plot(result, os.path.join(args.out, "eigenvectors.png"))
         public = ev.public(result)
         write_json(os.path.join(args.out, "eigenvectors.json"), public)
@@ -290,61 +309,56 @@ def _experiment(args) -> int:
             temps = [float(t) for t in args.temperatures.split(",")]
         except ValueError:
             raise UsageError(f"--temperatures expects comma-separated numbers, got {args.temperatures!r}") from None
-        if not temps or min(temps) <= 0 or args.minutes <= 0:
-            raise UsageError("temperatures and --minutes must be positive")
-        result = temperature.run(temps, args.out, args.minutes, args.grids, args.images, args.data_dir)
+        if not temps or min(temps) <= 0 or args.epochs < 1:
+            raise UsageError("temperatures and --epochs must be positive")
+        result = temperature.run(temps, args.out, args.epochs, args.grids, args.images, args.data_dir)
         print(temperature.format_table(result))
         return 0
     return 2
 
 
-def main(argv=None) -> int:
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
+    return int(importlib.import_module(f".bench.{args.bench}", __package__).main(args))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+    if not os.path.isdir(args.run_dir):
+        raise FileNotFoundError(f"run folder {args.run_dir} does not exist")
+    print(f"wrote {build_report(args.run_dir)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must lie in [1, 65535], got {args.port}")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("codanet serve needs Gradio: pip install -e '.[app]' (make setup does)") from None
+    from .serve import serve
+    serve(args.model, args.host, args.port)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+    return demo_main(args)
+
+
+COMMANDS = dict(bench=_bench, train=_train, evaluate=_evaluate, experiment=_experiment, report=_report,
+                models=_models, explain=_explain, serve=_serve, demo=_demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's mistake prints one line and returns 2."""
     args = _parser().parse_args(argv)
     from .utils.perf import keep_freed_memory
     if not getattr(args, "glibc_defaults", False):
-        keep_freed_memory()
+        keep_freed_memory()          # a CLI process may set process-wide allocator options
     try:
-        if args.command == "bench":
-            if args.bench == "models":
-                from .bench import models as bench_models
-                return bench_models.main(args)
-            if args.bench == "explain":
-                from .bench import explain as bench_explain
-                return bench_explain.main(args)
-            if args.bench == "training":
-                from .bench import training as bench_training
-                return bench_training.main(args)
-            from .bench import layers
-            return layers.main(args)
-        if args.command == "train":
-            return _train(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "experiment":
-            return _experiment(args)
-        if args.command == "report":
-            from .report import build_report
-            if not os.path.isdir(args.run_dir):
-                raise FileNotFoundError(f"run folder {args.run_dir} does not exist")
-            print(f"wrote {build_report(args.run_dir)}")
-            return 0
-        if args.command == "models":
-            return _models(args)
-        if args.command == "explain":
-            return _explain(args)
-        if args.command == "serve":
-            if not 1 <= args.port <= 65535:
-                raise UsageError(f"--port must lie in [1, 65535], got {args.port}")
-            try:
-                import gradio  # noqa: F401
-            except ImportError:
-                raise UsageError("codanet serve needs Gradio: pip install -e '.[app]' (make setup does)") from None
-            from .serve import serve
-            serve(args.model, args.host, args.port)
-            return 0
-        if args.command == "demo":
-            from .demo import main as demo_main
-            return demo_main(args)
+        return COMMANDS[args.command](args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         print(f"codanet {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -360,4 +374,3 @@ def main(argv=None) -> int:
     finally:
         from .train.distributed import teardown
         teardown()
-    return 0

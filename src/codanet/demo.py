@@ -10,6 +10,7 @@ contribution_maps.png (16 test images in the layout of the paper's Fig. 2), the 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -90,8 +91,10 @@ def evaluate_and_report(out: str, grids: int = 30, images: int = 256, steps: int
     from .evaluate.runner import format_table, run
     from .report import build_report
     ckpt = os.path.join(out, "model.safetensors")
-    for kind, key, methods, kw in (("localisation", "localisation", GRID_METHODS, dict(grids=grids)),
-                                   ("pixel-removal", "pixel_removal", REMOVAL_METHODS, dict(images=images, steps=steps))):
+    jobs: list[tuple[str, str, list[str], dict[str, Any]]] = [
+            ("localisation", "localisation", GRID_METHODS, dict(grids=grids)),
+            ("pixel-removal", "pixel_removal", REMOVAL_METHODS, dict(images=images, steps=steps))]
+    for kind, key, methods, kw in jobs:
         result = run(kind, ckpt, methods, out=os.path.join(out, "eval", key + ".json"), **kw)
         print(f"{kind}:\n{format_table(result)}")
     print(f"report: {build_report(out)}")

@@ -12,15 +12,17 @@ import base64
 import html
 import json
 import os
+from typing import TYPE_CHECKING
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from .explain.plot import new_figure, save_figure, show_contributions, show_image
+from .utils.io import write_text
 
-from .explain.plot import save_figure, show_contributions, show_image  # noqa: E402
-from .utils.io import write_text  # noqa: E402
+if TYPE_CHECKING:
+    from .data.datasets import Dataset
+    from .explain.baselines import Attribution
+    from .models import CoDANet
 
 COMPARE_METHODS = ["CoDA", "Grad", "IxG", "IntGrad", "DeepLIFT", "GradCAM", "Occ5", "Occ9"]
 
@@ -31,11 +33,12 @@ def _img_tag(path: str, width: str = "100%") -> str:
     return f'<img src="data:image/png;base64,{data}" style="max-width:{width}">'
 
 
-def comparison_figure(model, images, labels, class_names, methods, path) -> str:
+def comparison_figure(model: CoDANet, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                      methods: dict[str, Attribution], path: str) -> str:
     """Fig. 8 style: rows = images, columns = input + one map per method (for the true class)."""
     maps = {name: m.attribute(images, target=labels) for name, m in methods.items()}
     rows, cols = len(images), len(methods) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.4 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(1.35 * cols, 1.4 * rows), squeeze=False)
     for i in range(rows):
         show_image(axes[i, 0], images[i])
         axes[i, 0].set_ylabel(class_names[int(labels[i])], fontsize=7)
@@ -48,7 +51,8 @@ def comparison_figure(model, images, labels, class_names, methods, path) -> str:
     return save_figure(fig, path)
 
 
-def multi_image_figure(model, images, labels, class_names, path, seed: int = 1) -> str:
+def multi_image_figure(model: CoDANet, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                       path: str, seed: int = 1) -> str | None:
     """Fig. 7 style: a 2x2 grid of images of different classes, the contribution map per class."""
     from .evaluate.localisation import confident_images, grid_image, make_grids
     pools = confident_images(model, images, labels)
@@ -59,7 +63,7 @@ def multi_image_figure(model, images, labels, class_names, path, seed: int = 1) 
     targets = torch.tensor([c for c, _ in cells])
     maps = model.explain(g.expand(4, -1, -1, -1).contiguous(), target=targets)["contributions"]
     scale = float(maps.abs().max()) or 1.0
-    fig, axes = plt.subplots(1, 5, figsize=(11, 2.5))
+    fig, axes = new_figure(1, 5, figsize=(11, 2.5))
     show_image(axes[0], g[0])
     axes[0].set_title("2x2 grid", fontsize=8)
     for k, (c, _) in enumerate(cells):
@@ -76,10 +80,10 @@ def _table(rows, header) -> str:
     return "\n".join(out) + "</table>"
 
 
-def build_report(run_dir: str, num_compare: int = 6, methods=None) -> str:
-    from .data import load_dataset, make_batch
-    from .explain.baselines import make_methods
-    from .train.checkpoint import load_model
+def build_report(run_dir: str, num_compare: int = 6, methods: list[str] | None = None) -> str:
+    """Write RUN_DIR/report.html: accuracy, contribution maps, the methods compared, the metrics
+    found in RUN_DIR/eval/, the temperature study and the cost per method; returns its path."""
+    from .evaluate.runner import checkpoint_test_split
     summary_path = os.path.join(run_dir, "summary.json")
     model_path = os.path.join(run_dir, "model.safetensors")
     for p in (summary_path, model_path):
@@ -87,64 +91,11 @@ def build_report(run_dir: str, num_compare: int = 6, methods=None) -> str:
             raise FileNotFoundError(f"{p} missing: is {run_dir} a finished training run (codanet train / make demo)?")
     with open(summary_path) as f:
         summary = json.load(f)
-    model, state = load_model(model_path)
-    cfg = state["config"]
-    test = load_dataset(cfg["dataset"], "test", cfg.get("data_dir"))
-    fig_dir = os.path.join(run_dir, "report_files")
-    os.makedirs(fig_dir, exist_ok=True)
-    parts = [f"<h1>CoDA-Net report: {html.escape(run_dir)}</h1>",
-             f"<p>Model <b>{model.name}</b> ({model.num_parameters():,} parameters, {model.nonlinearity.upper()}, "
-             f"T = {model.temperature:g}) trained on <b>{html.escape(test.name)}</b>: test accuracy "
-             f"<b>{100 * summary['test_accuracy']:.2f} %</b> (top-5 {100 * summary.get('test_top5', float('nan')):.2f} %) "
-             f"after {summary['epochs']:.2f} epochs, {summary['train_seconds']:.0f} s, "
-             f"{summary['images_per_second']:.0f} training images/s.</p>"]
-    maps_png = os.path.join(run_dir, "contribution_maps.png")
-    if os.path.isfile(maps_png):
-        parts += ["<h2>Contribution maps (paper Fig. 2 layout)</h2>",
-                  "<p>Per image: input with the true class, the contributions to the predicted class and to "
-                  "the strongest other class. Red: positive, blue: negative (symmetric scale).</p>", _img_tag(maps_png)]
-    n = min(len(test), 2000)
-    images = make_batch(test, range(n), "none", None, train=False)
-    labels = test.labels[:n]
-    names = methods or COMPARE_METHODS
-    compare = comparison_figure(model, images[:num_compare], labels[:num_compare], test.classes,
-                                make_methods(model, names, images.shape[-1]),
-                                os.path.join(fig_dir, "comparison.png"))
-    parts += ["<h2>Attribution methods compared (paper Fig. 8 style)</h2>",
-              "<p>One test image per row, one method per column, all for the true class.</p>", _img_tag(compare)]
-    multi = multi_image_figure(model, images, labels, test.classes, os.path.join(fig_dir, "multi_image.png"))
-    if multi:
-        parts += ["<h2>Multi-image grid (paper Fig. 7 style)</h2>",
-                  "<p>The contributions for each class of a 2x2 grid; each should light up its own cell.</p>",
-                  _img_tag(multi)]
-    eval_dir = os.path.join(run_dir, "eval")
-    costs = {}
-    for key, title in (("localisation", "Localisation (eq. 11)"), ("pixel_removal", "Pixel removal")):
-        js = os.path.join(eval_dir, key + ".json")
-        if os.path.isfile(js):
-            with open(js) as f:
-                ev = json.load(f)
-            costs.update(ev.get("cost", {}))
-            parts.append(f"<h2>{title}</h2>")
-            if key == "localisation":
-                rows = [(m, f"{r['mean']:.3f}", f"{r['std']:.3f}") for m, r in ev["results"].items()]
-                parts.append(_table(rows, ["method", "mean", "std"]))
-                coda = ev["results"].get("CoDA")
-                if coda:
-                    parts.append("<p>Per class (CoDA): " + ", ".join(
-                        f"{html.escape(k)} {v:.2f}" for k, v in coda["per_class"].items()) + "</p>")
-            else:
-                rows = [(m, f"{r['area']:.3f}", f"{r['final']:.3f}") for m, r in ev["results"].items()]
-                parts.append(_table(rows, ["method", "area (mean prob.)", "prob. after 25 % removed"]))
-            png = os.path.splitext(js)[0] + ".png"
-            if os.path.isfile(png):
-                parts.append(_img_tag(png, "60%"))
-    temp_dir = os.path.join(run_dir, "temperature")
-    if os.path.isdir(temp_dir):
-        pngs = sorted(f for f in os.listdir(temp_dir) if f.endswith(".png"))
-        if pngs:
-            parts.append("<h2>Temperature study (paper Fig. 4 and Fig. 6, right)</h2>")
-            parts += [_img_tag(os.path.join(temp_dir, p), "80%") for p in pngs]
+    model, _, test = checkpoint_test_split(model_path)
+    parts = [f"<h1>CoDA-Net report: {html.escape(run_dir)}</h1>", _headline(model, test.name, summary)]
+    parts += _figures(model, test, run_dir, num_compare, methods or COMPARE_METHODS)
+    metric_parts, costs = _metrics(os.path.join(run_dir, "eval"))
+    parts += metric_parts + _temperature(os.path.join(run_dir, "temperature"))
     if costs:
         parts += ["<h2>Cost per method</h2>", _table(
             [(m, f"{c['ms_per_image']:.1f}", c["evaluations_per_image"]) for m, c in costs.items()],
@@ -156,3 +107,76 @@ def build_report(run_dir: str, num_compare: int = 6, methods=None) -> str:
     out = os.path.join(run_dir, "report.html")
     write_text(out, page)
     return out
+
+
+def _headline(model: CoDANet, dataset: str, summary: dict) -> str:
+    return (f"<p>Model <b>{model.name}</b> ({model.num_parameters():,} parameters, {model.nonlinearity.upper()}, "
+            f"T = {model.temperature:g}) trained on <b>{html.escape(dataset)}</b>: test accuracy "
+            f"<b>{100 * summary['test_accuracy']:.2f} %</b> "
+            f"(top-5 {100 * summary.get('test_top5', float('nan')):.2f} %) "
+            f"after {summary['epochs']:.2f} epochs, {summary['train_seconds']:.0f} s, "
+            f"{summary['images_per_second']:.0f} training images/s.</p>")
+
+
+def _figures(model: CoDANet, test: Dataset, run_dir: str, num_compare: int, methods: list[str]) -> list[str]:
+    """The demo's contribution maps, the methods compared on test images, the multi-image grid."""
+    from .data import make_batch
+    from .explain.baselines import make_methods
+    fig_dir = os.path.join(run_dir, "report_files")
+    os.makedirs(fig_dir, exist_ok=True)
+    parts = []
+    maps_png = os.path.join(run_dir, "contribution_maps.png")
+    if os.path.isfile(maps_png):
+        parts += ["<h2>Contribution maps (paper Fig. 2 layout)</h2>",
+                  "<p>Per image: input with the true class, the contributions to the predicted class and to "
+                  "the strongest other class. Red: positive, blue: negative (symmetric scale).</p>", _img_tag(maps_png)]
+    n = min(len(test), 2000)
+    images = make_batch(test, range(n), "none", None, train=False)
+    labels = test.labels[:n]
+    compare = comparison_figure(model, images[:num_compare], labels[:num_compare], test.classes,
+                                make_methods(model, methods, images.shape[-1]),
+                                os.path.join(fig_dir, "comparison.png"))
+    parts += ["<h2>Attribution methods compared (paper Fig. 8 style)</h2>",
+              "<p>One test image per row, one method per column, all for the true class.</p>", _img_tag(compare)]
+    multi = multi_image_figure(model, images, labels, test.classes, os.path.join(fig_dir, "multi_image.png"))
+    if multi:
+        parts += ["<h2>Multi-image grid (paper Fig. 7 style)</h2>",
+                  "<p>The contributions for each class of a 2x2 grid; each should light up its own cell.</p>",
+                  _img_tag(multi)]
+    return parts
+
+
+def _metrics(eval_dir: str) -> tuple[list[str], dict]:
+    """Tables and figures of eval/localisation.json and eval/pixel_removal.json; the methods' costs."""
+    parts: list[str] = []
+    costs: dict = {}
+    for key, title in (("localisation", "Localisation (eq. 11)"), ("pixel_removal", "Pixel removal")):
+        js = os.path.join(eval_dir, key + ".json")
+        if not os.path.isfile(js):
+            continue
+        with open(js) as f:
+            ev = json.load(f)
+        costs.update(ev.get("cost", {}))
+        parts.append(f"<h2>{title}</h2>")
+        if key == "localisation":
+            rows = [(m, f"{r['mean']:.3f}", f"{r['std']:.3f}") for m, r in ev["results"].items()]
+            parts.append(_table(rows, ["method", "mean", "std"]))
+            coda = ev["results"].get("CoDA")
+            if coda:
+                parts.append("<p>Per class (CoDA): " + ", ".join(
+                    f"{html.escape(k)} {v:.2f}" for k, v in coda["per_class"].items()) + "</p>")
+        else:
+            rows = [(m, f"{r['area']:.3f}", f"{r['final']:.3f}") for m, r in ev["results"].items()]
+            parts.append(_table(rows, ["method", "area (mean prob.)", "prob. after 25 % removed"]))
+        png = os.path.splitext(js)[0] + ".png"
+        if os.path.isfile(png):
+            parts.append(_img_tag(png, "60%"))
+    return parts, costs
+
+
+def _temperature(temp_dir: str) -> list[str]:
+    pngs = sorted(f for f in os.listdir(temp_dir) if f.endswith(".png")) if os.path.isdir(temp_dir) else []
+    if not pngs:
+        return []
+    return (["<h2>Temperature study (paper Fig. 4 and Fig. 6, right)</h2>"]
+            + [_img_tag(os.path.join(temp_dir, p), "80%") for p in pngs])

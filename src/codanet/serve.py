@@ -9,6 +9,8 @@ Listens on 127.0.0.1 unless --host says otherwise.  Install with `pip install -e
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +68,7 @@ class Viewer:
         everything = out["contributions"][0]                        # (K, H_l, W_l)
         m = everything[target].numpy()
         image = x.permute(1, 2, 0).numpy()
-        views = dict(map=_upsample(colour_map(m, float(np.abs(m).max()) or 1.0)),
+        views: dict[str, Any] = dict(map=_upsample(colour_map(m, float(np.abs(m).max()) or 1.0)),
                      overlay=_upsample((overlay(image, m, opacity) * 255).round().astype(np.uint8)),
                      all_classes=self.class_grid(everything))
         if layer == 0:
@@ -83,7 +85,6 @@ class Viewer:
 
     def class_grid(self, maps: torch.Tensor) -> np.ndarray:
         """All classes' maps side by side on one symmetric scale, with their names."""
-        import matplotlib.pyplot as plt
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         k = len(maps)
@@ -99,7 +100,6 @@ class Viewer:
         fig.tight_layout(rect=(0, 0, 1, 0.94))
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
-        plt.close("all")
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
@@ -114,11 +114,8 @@ def _as_display(x: torch.Tensor) -> np.ndarray:
     return _upsample((img * 255).round().astype(np.uint8))
 
 
-def build_app(viewer: Viewer):
-    """The Gradio page."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
-    depth = len(viewer.model.layers)
+def _callbacks(viewer: Viewer, gr: Any) -> tuple[Callable, Callable, Callable]:
+    """(show, new_image, upload): what the page's events run."""
 
     def show(x, target_name, layer, opacity):
         if x is None:
@@ -146,6 +143,16 @@ def build_app(viewer: Viewer):
             return [gr.update()] * 3 + [f"⚠ {message}"] + [gr.update()] * 7
         return new_image(x, layer, opacity)
 
+    return show, new_image, upload
+
+
+def build_app(viewer: Viewer) -> Any:
+    """The Gradio page: input and class probabilities on the left; the class's map, the overlay,
+    the linear map's two halves and every class's map on the right."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+    depth = len(viewer.model.layers)
+    show, new_image, upload = _callbacks(viewer, gr)
     with gr.Blocks(title="codanet: CoDA-Net explanations") as app:
         gr.Markdown(f"# CoDA-Net explanations — `{viewer.model.name}`, T = {viewer.model.temperature:g}\n"
                     "Red: evidence for the class, blue: against. Every map sums exactly to the class's "
@@ -188,14 +195,13 @@ def build_app(viewer: Viewer):
 
 
 def serve(model_spec: str, host: str = "127.0.0.1", port: int = 7860) -> None:
-    from .data import load_dataset
+    from .evaluate.runner import checkpoint_test_split
     from .train import load_model
     model, state = load_model(model_spec)
     test = None
-    dataset = (state.get("config") or {}).get("dataset")
-    if dataset:
-        try:
-            test = load_dataset(dataset, "test", None)
+    if (state.get("config") or {}).get("dataset"):
+        try:                                      # the test images of the weights' own data set
+            _, _, test = checkpoint_test_split(model_spec)
         except (FileNotFoundError, ValueError, ImportError):
             test = None
     app = build_app(Viewer(model, test))

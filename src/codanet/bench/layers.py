@@ -44,7 +44,7 @@ def _step(impl: str, layer, a: torch.Tensor):
         out = layer(a)
     else:
         A, B, b = (p.flatten(2).transpose(1, 2) if i == 0 else p.flatten(1)
-                   for i, p in enumerate((layer.A, layer.B, layer.b)))
+                   for i, p in enumerate((layer.A_T, layer.B, layer.b)))
         out = dau_conv2d_reference(a, A, B, b, layer.kernel_size, layer.stride, layer.padding,
                                    layer.nonlinearity)
     out.backward(torch.ones_like(out))
@@ -116,7 +116,7 @@ def timed_together(fns: dict, repeats: int) -> dict:
     Interleaving makes ratios between them robust to the machine's load drifting during a run."""
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t = time.perf_counter()
@@ -133,7 +133,7 @@ def run(batch: int = 64, repeats: int = 3, memory: bool = True, progress: bool =
     rows = []
     for i in tqdm(range(len(model.layers)), desc="layers", disable=not progress):
         layer, a = model.layers[i], inputs[i]
-        t = timed_together({impl: (lambda impl=impl: _step(impl, layer, a))
+        t = timed_together({impl: (lambda impl=impl, layer=layer, a=a: _step(impl, layer, a))
                             for impl in ("efficient", "reference")}, repeats)
         t_eff, t_ref = t["efficient"], t["reference"]
         flops = layer_flops(layer, a)

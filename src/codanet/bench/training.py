@@ -19,6 +19,7 @@ import contextlib
 import os
 import tempfile
 import time
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def _jpeg_folder(root: str, classes: int = 4, per_class: int = 96) -> None:
         os.makedirs(folder)
         for i in range(per_class):
             small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-            im = Image.fromarray(small).resize((400, 300), Image.BICUBIC)
+            im = Image.fromarray(small).resize((400, 300), Image.Resampling.BICUBIC)
             im.save(os.path.join(folder, f"{i}.JPEG"), quality=90)
 
 
@@ -63,7 +64,7 @@ def _image_file_loops(steps: int, batch: int) -> dict:
         batches = EpochBatches(ds, torch.randperm(len(ds)), 0, batch, make_config(dict(augment="crop_flip")))
         model = create_model("coda_cpu", num_classes=ds.num_classes, in_channels=3)
         opt = torch.optim.Adam(model.parameters(), 1e-4)
-        out = dict(images=len(ds), size=64, batch_ms=1e3 * timed(lambda: batches[1], 3))
+        out: dict[str, Any] = dict(images=len(ds), size=64, batch_ms=1e3 * timed(lambda: batches[1], 3))
         x, y, _ = batches[0]
         out["step_ms"] = 1e3 * timed(train_step(model, opt, x, y, ds.num_classes), 3)
         loops = {m: batch / _loop(model, opt, batches, steps, m) for m in ("none", "thread", "processes")}
@@ -93,15 +94,16 @@ def run(steps: int = 40, batch: int = 64, compile: bool = True) -> dict:
     model = create_model("coda_cpu", num_classes=10)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     x, y, _ = batches[0]
-    out = dict(model="coda_cpu", batch=batch, steps=steps, data=source, threads=torch.get_num_threads(),
+    out: dict[str, Any] = dict(model="coda_cpu", batch=batch, steps=steps, data=source, threads=torch.get_num_threads(),
                torch=torch.__version__,
                batch_ms=1e3 * timed(lambda: batches[1], 5),
                step_ms=1e3 * timed(train_step(model, opt, x, y, 10), 5))
-    loops = {}
+    loops: dict[str, float] = {}
     for prefetch in ("none", "thread", "none", "thread"):     # alternate, keep the faster of two
         s = _loop(model, opt, batches, steps, prefetch)
         loops[prefetch] = min(s, loops.get(prefetch, float("inf")))
-    out["loop_images_per_second"] = {k: batch / v for k, v in loops.items()}
+    speeds = {k: batch / v for k, v in loops.items()}
+    out["loop_images_per_second"] = speeds
     out["overlap_speedup"] = loops["none"] / loops["thread"]
     if compile:
         t = time.perf_counter()
@@ -109,7 +111,7 @@ def run(steps: int = 40, batch: int = 64, compile: bool = True) -> dict:
         _loop(model, opt, batches, 1, "none")
         out["compile_seconds"] = time.perf_counter() - t
         s = min(_loop(model, opt, batches, steps, "none") for _ in range(2))
-        out["loop_images_per_second"]["none, compiled"] = batch / s
+        speeds["none, compiled"] = batch / s
         out["compile_speedup"] = loops["none"] / s
         out["compile_break_even_steps"] = (out["compile_seconds"] / max(1e-9, loops["none"] - s)
                                            if s < loops["none"] else None)

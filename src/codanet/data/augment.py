@@ -7,12 +7,12 @@ for every image, n operations drawn uniformly, each with a random sign where it 
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None,
+                     flip: bool = True) -> torch.Tensor:
     """Zero-pad by `padding`, crop back to the original size at a random offset, flip half."""
     n, _, h, w = x.shape
     out = torch.empty_like(x)
@@ -38,6 +38,7 @@ RANDAUGMENT_OPS = [
 
 def _apply_op(im, name: str, mag: float):
     from PIL import Image, ImageEnhance, ImageOps
+    AFFINE, NEAREST = Image.Transform.AFFINE, Image.Resampling.NEAREST
     fill = (128,) * len(im.getbands())
     if name == "Identity":
         return im
@@ -46,7 +47,7 @@ def _apply_op(im, name: str, mag: float):
     if name == "Equalize":
         return ImageOps.equalize(im)
     if name == "Rotate":
-        return im.rotate(mag, resample=Image.NEAREST, fillcolor=fill)
+        return im.rotate(mag, resample=NEAREST, fillcolor=fill)
     if name == "Solarize":       # threshold falls from 256 (no-op) as m grows
         return ImageOps.solarize(im, int(256 - mag))
     if name == "Posterize":      # bits fall from 8 as m grows
@@ -54,17 +55,17 @@ def _apply_op(im, name: str, mag: float):
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
         return getattr(ImageEnhance, name)(im).enhance(1.0 + mag)
     if name == "ShearX":
-        return im.transform(im.size, Image.AFFINE, (1, mag, 0, 0, 1, 0), Image.NEAREST, fillcolor=fill)
+        return im.transform(im.size, AFFINE, (1, mag, 0, 0, 1, 0), NEAREST, fillcolor=fill)
     if name == "ShearY":
-        return im.transform(im.size, Image.AFFINE, (1, 0, 0, mag, 1, 0), Image.NEAREST, fillcolor=fill)
+        return im.transform(im.size, AFFINE, (1, 0, 0, mag, 1, 0), NEAREST, fillcolor=fill)
     if name == "TranslateX":
-        return im.transform(im.size, Image.AFFINE, (1, 0, mag * im.width, 0, 1, 0), Image.NEAREST, fillcolor=fill)
+        return im.transform(im.size, AFFINE, (1, 0, mag * im.width, 0, 1, 0), NEAREST, fillcolor=fill)
     if name == "TranslateY":
-        return im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, mag * im.height), Image.NEAREST, fillcolor=fill)
+        return im.transform(im.size, AFFINE, (1, 0, 0, 0, 1, mag * im.height), NEAREST, fillcolor=fill)
     raise ValueError(f"unknown RandAugment op {name!r}")
 
 
-def randaugment(x: torch.Tensor, n: int, m: float, generator: torch.Generator) -> torch.Tensor:
+def randaugment(x: torch.Tensor, n: int, m: float, generator: torch.Generator | None) -> torch.Tensor:
     """RandAugment(n, m) on a uint8 batch (N, C, H, W) -> uint8 batch of the same shape."""
     from PIL import Image
     if x.dtype != torch.uint8:
@@ -86,7 +87,7 @@ def randaugment(x: torch.Tensor, n: int, m: float, generator: torch.Generator) -
     return torch.stack(out)
 
 
-def make_batch(dataset, indices, augment: str, generator: torch.Generator, crop_padding: int = 4,
+def make_batch(dataset, indices, augment: str, generator: torch.Generator | None, crop_padding: int = 4,
                randaugment_n: int = 2, randaugment_m: float = 10.0, train: bool = True) -> torch.Tensor:
     """Float images in [0, 1] for a batch, with the configured augmentation."""
     x = dataset.load_uint8(indices, train=train, generator=generator)

@@ -29,11 +29,11 @@ class Dataset:
         self.name, self.classes = name, list(classes)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.images, self.paths = images, paths
-        if images is not None:
-            self.channels, self.image_size = images.shape[1], images.shape[2]
-        else:
-            self.channels, self.image_size = channels, image_size
-        n = len(images) if images is not None else len(paths)
+        self.channels: int = images.shape[1] if images is not None else channels
+        self.image_size: int | None = images.shape[2] if images is not None else image_size
+        if images is None and paths is None:
+            raise ValueError(f"{name}: a data set needs images or paths")
+        n = len(images) if images is not None else len(paths or [])
         if n != len(self.labels):
             raise ValueError(f"{name}: {n} images but {len(self.labels)} labels")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
@@ -47,7 +47,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices) -> "Dataset":
+    def subset(self, indices) -> Dataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return Dataset(self.name, self.labels[idx], self.classes,
                        images=self.images[idx] if self.images is not None else None,
@@ -60,8 +60,8 @@ class Dataset:
         if self.images is not None:
             return self.images[idx]
         from .images import load_image
-        return torch.stack([load_image(self.paths[i], self.image_size, train=train, generator=generator)
-                            for i in idx.tolist()])
+        paths, size = self.paths or [], self.image_size or 0
+        return torch.stack([load_image(paths[i], size, train=train, generator=generator) for i in idx.tolist()])
 
 
 # -- Fashion-MNIST / MNIST (IDX) --------------------------------------------------------------
@@ -260,12 +260,29 @@ DATASETS = {
     "tiny_imagenet": tiny_imagenet,
     "imagenet100": lambda split, data_dir=None: image_folder(split, data_dir, 100, name="imagenet100"),
     "imagenet": lambda split, data_dir=None: image_folder(split, data_dir, None),
+    "folder": lambda split, data_dir=None, **options: _folder(data_dir, split, **options),
 }
 
 
-def load_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
+def _folder(root, split, **options) -> Dataset:
+    from .folder import folder_dataset
+    return folder_dataset(root, split, **options)
+
+
+def load_dataset(name: str, split: str, data_dir: str | None = None, **options) -> Dataset:
+    """The `split` ('train' or 'test') of data set `name`; `options` are those of the 'folder'
+    data set (its images are converted to the model's input: `dataset_options`)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return DATASETS[name](split, data_dir)
+    return DATASETS[name](split, data_dir, **options)
+
+
+def dataset_options(cfg: dict, channels: int, image_size: int | None) -> dict:
+    """The `load_dataset` options of a training config's data set: a 'folder' is converted to the
+    model's channels and input size and split per the config (docs/finetuning.md)."""
+    if cfg.get("dataset") != "folder":
+        return {}
+    return dict(channels=channels, image_size=image_size, test_fraction=cfg.get("test_fraction", 0.2),
+                seed=cfg.get("seed", 0), skip_bad_files=cfg.get("skip_bad_files", False))

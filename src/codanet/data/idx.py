@@ -8,10 +8,11 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from typing import Any
 
 import numpy as np
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 MAX_IDX_BYTES = 1 << 30          # 1 GiB of data: MNIST's largest file holds 47 MB

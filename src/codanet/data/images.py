@@ -52,8 +52,9 @@ def read_image(path: str) -> tuple[np.ndarray, list[str]]:
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ValueError(f"image is {im.width}x{im.height}, above the {MAX_PIXELS:,}-pixel limit")
-                if getattr(im, "n_frames", 1) > 1:
-                    raise ValueError(f"animated image with {im.n_frames} frames (explained as a video "
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    raise ValueError(f"animated image with {frames} frames (explained as a video "
                                      "when it is passed as one: .gif, .mp4, animated .png)")
                 im.load()
                 a, note = _as_float(im)
@@ -83,7 +84,7 @@ def load_image(path: str, size: int, train: bool = False, generator: torch.Gener
     scale = short / min(im.size)
     if im.size != (size, size):
         im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))),
-                       Image.BILINEAR)
+                       Image.Resampling.BILINEAR)
     w, h = im.size
     if train and size >= 128:
         left = int(torch.randint(0, w - size + 1, (1,), generator=generator))

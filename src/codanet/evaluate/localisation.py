@@ -7,13 +7,25 @@ uniform: 1/n^2.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..explain.baselines import Attribution
+from ..models import CoDANet
+from ..train.distributed import Context
+
+if TYPE_CHECKING:
+    from ..explain.baselines import Attribution
+    from ..models import CoDANet
+    from ..train.distributed import Context
+
 
 @torch.no_grad()
-def confident_images(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, ctx=None) -> dict:
+def confident_images(model: CoDANet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
+                     ctx: Context | None = None) -> dict:
     """Per class: indices of correctly classified images with sigmoid(logit) > 0.5, sorted by
     decreasing logit.  With a distributed `ctx`, each rank classifies images[rank::world]."""
     mine = ctx.shard(images) if ctx is not None and ctx.active else images
@@ -33,8 +45,8 @@ def confident_images(model, images: torch.Tensor, labels: torch.Tensor, batch_si
     return out
 
 
-def make_grids(pools: dict, n: int, num_grids: int, seed: int = 0) -> list[list[tuple[int, int]]]:
-    """`num_grids` grids of n*n (class, image index) cells; classes distinct within a grid, drawn
+def make_grids(pools: dict, n: int, grids: int, seed: int = 0) -> list[list[tuple[int, int]]]:
+    """`grids` grids of n*n (class, image index) cells (n: the grid size); classes distinct within a grid, drawn
     at random (seeded); each class's images used in order of decreasing logit, cycling."""
     classes = sorted(pools)
     if n * n > len(classes):
@@ -42,16 +54,16 @@ def make_grids(pools: dict, n: int, num_grids: int, seed: int = 0) -> list[list[
                          "have confidently and correctly classified test images")
     rng = np.random.RandomState(seed)
     used = {c: 0 for c in classes}
-    grids = []
-    for _ in range(num_grids):
+    out = []
+    for _ in range(grids):
         chosen = rng.choice(classes, n * n, replace=False)
         cells = []
         for c in chosen:
             pool = pools[int(c)]
             cells.append((int(c), pool[used[int(c)] % len(pool)]))
             used[int(c)] += 1
-        grids.append(cells)
-    return grids
+        out.append(cells)
+    return out
 
 
 def grid_image(images: torch.Tensor, cells, n: int) -> torch.Tensor:
@@ -71,7 +83,7 @@ def cell_scores(attribution: torch.Tensor, n: int) -> torch.Tensor:
                        torch.zeros_like(per_cell))
 
 
-def grid_scores(method, images: torch.Tensor, grids, n: int, progress: bool = True) -> list[list[float]]:
+def grid_scores(method: Attribution, images: torch.Tensor, grids, n: int, progress: bool = True) -> list[list[float]]:
     """For each grid, the localisation score s_c of every cell's class c (row-major)."""
     out = []
     for cells in tqdm(grids, desc=f"localisation {getattr(method, 'name', '')}", disable=not progress, leave=False):
@@ -83,25 +95,27 @@ def grid_scores(method, images: torch.Tensor, grids, n: int, progress: bool = Tr
     return out
 
 
-def localisation(model, method, images: torch.Tensor, labels: torch.Tensor, n: int = 3,
-                 num_grids: int = 500, seed: int = 0, class_names=None, progress: bool = True,
-                 grids=None, ctx=None) -> dict:
-    """Score one attribution method; returns mean, std, per-class means and all scores.
+def localisation(model: CoDANet, method: Attribution, images: torch.Tensor, labels: torch.Tensor,
+                 grid_size: int = 3, grids: int = 500, seed: int = 0, class_names: list[str] | None = None,
+                 progress: bool = True, grid_cells: list | None = None, ctx: Context | None = None) -> dict:
+    """Score one attribution method on `grids` grids of grid_size x grid_size images (or on the
+    given `grid_cells`, from `make_grids`); returns mean, std, per-class means and all scores.
 
     With a distributed `ctx` (torchrun), every rank scores grids[rank::world] and the scores are
     gathered, so each rank returns the same result as one process would."""
-    if grids is None:
-        grids = make_grids(confident_images(model, images, labels), n, num_grids, seed)
+    n = grid_size
+    grids_ = grid_cells if grid_cells is not None else make_grids(confident_images(model, images, labels), n,
+                                                                   grids, seed)
     if ctx is not None and ctx.active:
-        per_grid = ctx.unshard(ctx.gather(grid_scores(method, images, ctx.shard(grids), n, progress)))
+        per_grid = ctx.unshard(ctx.gather(grid_scores(method, images, ctx.shard(grids_), n, progress)))
     else:
-        per_grid = grid_scores(method, images, grids, n, progress)
+        per_grid = grid_scores(method, images, grids_, n, progress)
     scores = [s for row in per_grid for s in row]
-    classes = [c for cells in grids for c, _ in cells]
+    classes = [c for cells in grids_ for c, _ in cells]
     scores_np, classes_np = np.array(scores), np.array(classes)
     per_class = {}
     for c in sorted(set(classes)):
         name = class_names[c] if class_names else str(c)
         per_class[name] = float(scores_np[classes_np == c].mean())
-    return dict(mean=float(scores_np.mean()), std=float(scores_np.std()), n=n, grids=len(grids),
+    return dict(mean=float(scores_np.mean()), std=float(scores_np.std()), grid_size=n, grids=len(grids_),
                 per_class=per_class, scores=scores)

@@ -7,18 +7,25 @@ mean probability over the steps (the normalised area under the curve).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..models.coda_net import encode
 
+if TYPE_CHECKING:
+    from ..explain.baselines import Attribution
+    from ..models import CoDANet
+    from ..train.distributed import Context
 
-def removal_order(attribution: torch.Tensor, least_first: bool = True, seed: int = 0) -> torch.Tensor:
+
+def removal_order(attribution: torch.Tensor, most_first: bool = False, seed: int = 0) -> torch.Tensor:
     """(N, H, W) -> (N, H*W) pixel indices in removal order; ties broken by a seeded permutation."""
     flat = attribution.flatten(1)
     perm = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed)).to(flat.device)
-    keyed = flat[:, perm] if least_first else -flat[:, perm]
+    keyed = -flat[:, perm] if most_first else flat[:, perm]
     return perm[keyed.argsort(dim=1, stable=True)]
 
 
@@ -28,7 +35,7 @@ def removal_counts(num_pixels: int, fraction: float = 0.25, steps: int = 128) ->
 
 
 @torch.no_grad()
-def probability_curve(model, images: torch.Tensor, targets: torch.Tensor, order: torch.Tensor,
+def probability_curve(model: CoDANet, images: torch.Tensor, targets: torch.Tensor, order: torch.Tensor,
                       counts, batch_size: int = 512) -> torch.Tensor:
     """Mean target probability after removing order[:, :k] for every k in counts -> (len(counts),)."""
     enc = encode(images)
@@ -46,9 +53,10 @@ def probability_curve(model, images: torch.Tensor, targets: torch.Tensor, order:
     return torch.stack(curve)
 
 
-def pixel_removal(model, method, images: torch.Tensor, labels: torch.Tensor, fraction: float = 0.25,
-                  steps: int = 128, least_first: bool = True, batch_size: int = 64, progress: bool = True,
-                  ctx=None) -> dict:
+def pixel_removal(model: CoDANet, method: Attribution, images: torch.Tensor, labels: torch.Tensor,
+                  fraction: float = 0.25,
+                  steps: int = 128, most_first: bool = False, batch_size: int = 64, progress: bool = True,
+                  ctx: Context | None = None) -> dict:
     """Curve and area for one method on `images` with targets = true labels.
 
     With a distributed `ctx` (torchrun), every rank takes images[rank::world] and the curves are
@@ -62,7 +70,7 @@ def pixel_removal(model, method, images: torch.Tensor, labels: torch.Tensor, fra
                   disable=not progress, leave=False):
         maps.append(method.attribute(images[s:s + batch_size], target=labels[s:s + batch_size]))
     if maps:
-        order = removal_order(torch.cat(maps), least_first)
+        order = removal_order(torch.cat(maps), most_first)
         curve = probability_curve(model, images, labels, order, counts)
     else:                                     # more ranks than images
         curve = torch.zeros(len(counts))
@@ -70,4 +78,4 @@ def pixel_removal(model, method, images: torch.Tensor, labels: torch.Tensor, fra
         total = ctx.sum([float(len(images))])[0]
         curve = torch.tensor(ctx.sum((curve.double() * len(images)).tolist())) / total
     return dict(fractions=[c / num_pixels for c in counts], curve=curve.tolist(),
-                area=float(curve.mean()), final=float(curve[-1]), least_first=least_first)
+                area=float(curve.mean()), final=float(curve[-1]), most_first=most_first)

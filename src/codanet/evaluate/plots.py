@@ -1,12 +1,9 @@
 """Figures of the metrics in the paper's style (Fig. 6): localisation bars, removal curves."""
 from __future__ import annotations
 
-import matplotlib
+from matplotlib.artist import setp
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..explain.plot import save_figure  # noqa: E402
+from ..explain.plot import new_figure, save_figure
 
 
 def plot_localisation(results: dict, path: str, title: str = "") -> str:
@@ -14,27 +11,27 @@ def plot_localisation(results: dict, path: str, title: str = "") -> str:
     names = list(results)
     means = [results[m]["mean"] for m in names]
     stds = [results[m]["std"] for m in names]
-    fig, ax = plt.subplots(figsize=(1 + 0.75 * len(names), 3.2))
+    fig, ax = new_figure(figsize=(1 + 0.75 * len(names), 3.2))
     colors = ["tab:red" if m == "CoDA" else "tab:gray" for m in names]
     ax.bar(names, means, yerr=stds, color=colors, capsize=3)
-    n = results[names[0]]["n"]
+    n = results[names[0]]["grid_size"]
     ax.axhline(1 / n ** 2, ls="--", color="k", lw=0.8, label=f"uniform (1/{n * n})")
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"localisation ({n}x{n} grids)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    plt.setp(ax.get_xticklabels(), rotation=40, ha="right", fontsize=8)
+    setp(ax.get_xticklabels(), rotation=40, ha="right", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 def plot_pixel_removal(results: dict, path: str, title: str = "") -> str:
     """Mean target probability vs. fraction of removed pixels, one curve per method."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = new_figure(figsize=(4.6, 3.4))
     for name, r in results.items():
         ax.plot([100 * f for f in r["fractions"]], r["curve"], lw=2.2 if name == "CoDA" else 1.2,
                 color="tab:red" if name == "CoDA" else None, label=f"{name} ({r['area']:.3f})")
-    order = "least" if next(iter(results.values()))["least_first"] else "most"
+    order = "most" if next(iter(results.values()))["most_first"] else "least"
     ax.set_xlabel(f"% of pixels removed ({order} important first)")
     ax.set_ylabel("mean target probability")
     ax.set_ylim(0, 1)

@@ -11,6 +11,7 @@ the noise, cos(w_label(x), clean digit) exceeds cos(w_label(x), noise).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ class SingleLayer(nn.Module):
     def __init__(self, rank: int = 16, temperature: float = 1.0, nonlinearity: str = "sq"):
         super().__init__()
         self.temperature = temperature
-        self.daus = DAULinear(784, 10, rank, nonlinearity=nonlinearity)
+        self.daus = DAULinear(784, 10, rank=rank, nonlinearity=nonlinearity)
 
     def forward(self, x):
         return self.daus(x.flatten(1)) / self.temperature + LOGIT_BIAS
@@ -80,9 +81,10 @@ def noisy_mnist(noise: float, seed: int):
     digits; the test noise is drawn once (seeded), the training noise afresh every epoch."""
     from ..data.datasets import mnist_5k
     train, test = mnist_5k("train"), mnist_5k("test")
-    te_clean = test.images.float().flatten(1) / 255
+    te_clean = test.load_uint8(range(len(test))).float().flatten(1) / 255
     te_noisy = add_noise(te_clean, noise, torch.Generator().manual_seed(10_007 + seed))
-    return (train.images.float().flatten(1) / 255, train.labels), (te_clean, te_noisy, test.labels)
+    tr_clean = train.load_uint8(range(len(train))).float().flatten(1) / 255
+    return (tr_clean, train.labels), (te_clean, te_noisy, test.labels)
 
 
 def train_classifier(model, clean, y, noise: float, epochs: int, lr: float, batch: int = 64, seed: int = 0,
@@ -127,14 +129,11 @@ def analyse(model, clean, noisy, labels) -> dict:
 def figure(model, clean, noisy, labels, analysis, path, title, rows: int = 3):
     """Fig. 2 rows: input | w for the label | contributions for the label | w for the strongest
     other class | its contributions; 2 correctly classified samples and 1 misclassified."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from ..explain.plot import save_figure
+    from ..explain.plot import new_figure, save_figure
     correct = analysis["_correct"]
     chosen = torch.nonzero(correct)[:, 0][:rows - 1].tolist() + torch.nonzero(~correct)[:, 0][:1].tolist()
     logits = analysis["_logits"]
-    fig, axes = plt.subplots(len(chosen), 5, figsize=(8.2, 1.75 * len(chosen)), squeeze=False)
+    fig, axes = new_figure(len(chosen), 5, figsize=(8.2, 1.75 * len(chosen)), squeeze=False)
     for r, i in enumerate(chosen):
         x = noisy[i:i + 1]
         other_logits = logits[i].clone()
@@ -161,7 +160,7 @@ def figure(model, clean, noisy, labels, analysis, path, title, rows: int = 3):
 def run(noise: float = 0.3, seed: int = 0, epochs_single: int = 20, epochs_deep: int = 4, out_dir=None,
         progress: bool = True) -> dict:
     (tr_clean, tr_y), (te_clean, te_noisy, te_y) = noisy_mnist(noise, seed)
-    results = {}
+    results: dict[str, Any] = {}
     torch.manual_seed(seed)
     for key, model, epochs, lr in (("single_layer", SingleLayer(rank=32), epochs_single, 2e-3),
                                    ("five_layer", FiveLayerDAUNet(), epochs_deep, 2e-3)):

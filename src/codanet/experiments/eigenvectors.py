@@ -24,7 +24,7 @@ def train_dau(samples: torch.Tensor, rank: int = 3, steps: int = 400, lr: float 
               nonlinearity: str = "sq", progress: bool = False) -> DAU:
     """Maximise the mean DAU output over `samples` (Adam, full batch)."""
     torch.manual_seed(seed)
-    unit = DAU(samples.shape[1], rank, nonlinearity=nonlinearity, bias=False)
+    unit = DAU(samples.shape[1], rank=rank, nonlinearity=nonlinearity, bias=False)
     opt = torch.optim.Adam(unit.parameters(), lr=lr)
     for _ in tqdm(range(steps), desc="maximising DAU output", disable=not progress, leave=False):
         loss = -unit(samples).mean()
@@ -39,8 +39,8 @@ def eigenvectors(unit: DAU, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
 
     (A trained DAU's are all real; a complex pair, possible for random A and B, is left out.)
     """
-    A, B, _ = unit.paper_matrices()
-    A, B = A[0].double().numpy(), B.double().numpy()           # (d, r), (r, d)
+    A_t, B_t, _ = unit.paper_matrices()
+    A, B = A_t[0].double().numpy(), B_t.double().numpy()       # (d, r), (r, d)
     lam, v = np.linalg.eig(B @ A)
     scale = np.abs(lam).max()
     keep = (np.abs(lam) > tol * scale) & (np.abs(lam.imag) <= tol * scale)
@@ -56,38 +56,35 @@ def principal_angle_cosines(U: np.ndarray, V: np.ndarray) -> np.ndarray:
     return np.linalg.svd(qu.T @ qv, compute_uv=False)
 
 
-def run(digit_indices=(0, 1, 2), n: int = 3072, noise: float = 1.0, steps: int = 400, seed: int = 0,
+def run(digit_indices=(0, 1, 2), samples: int = 3072, noise: float = 1.0, steps: int = 400, seed: int = 0,
         progress: bool = True) -> dict:
     """The full experiment on 3 digits from MNIST-5k; returns the numbers and the arrays to plot."""
     from ..data.datasets import mnist_5k
     ds = mnist_5k("train")
-    digits = ds.images[list(digit_indices)].flatten(1).float() / 255
+    digits = ds.load_uint8(list(digit_indices)).flatten(1).float() / 255
     gen = torch.Generator().manual_seed(seed)
-    samples = noisy_copies(digits, n, noise, gen)
-    unit = train_dau(samples, steps=steps, seed=seed, progress=progress)
+    noisy = noisy_copies(digits, samples, noise, gen)                # (samples, d)
+    unit = train_dau(noisy, steps=steps, seed=seed, progress=progress)
     lam, vecs = eigenvectors(unit)
     D = digits.double().numpy().T                               # (d, 3)
     Dn = D / np.linalg.norm(D, axis=0, keepdims=True)
     cos = np.abs(Dn.T @ vecs)                                   # (3 digits, m eigenvectors)
     best = cos.argmax(1)
     return dict(
-        digit_indices=list(digit_indices), labels=[int(ds.labels[i]) for i in digit_indices], n=n, noise=noise,
-        seed=seed, eigenvalues=lam.tolist(), best_eigenvector=best.tolist(),
+        digit_indices=list(digit_indices), labels=[int(ds.labels[i]) for i in digit_indices], samples=samples,
+        noise=noise, seed=seed, eigenvalues=lam.tolist(), best_eigenvector=best.tolist(),
         best_cosine=[float(cos[i, best[i]]) for i in range(len(best))],
         principal_angle_cosines=principal_angle_cosines(D, vecs).tolist(),
-        mean_output=float(unit(samples).mean().detach()), mean_norm=float(samples.norm(dim=1).mean()),
-        _digits=digits, _samples=samples[:3 * 3], _vectors=vecs, _best=best)
+        mean_output=float(unit(noisy).mean().detach()), mean_norm=float(noisy.norm(dim=1).mean()),
+        _digits=digits, _samples=noisy[:3 * 3], _vectors=vecs, _best=best)
 
 
 def plot(result: dict, path: str) -> str:
     """Fig. 3 layout: originals | noisy samples | best-matching eigenvectors of AB."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from ..explain.plot import save_figure
+    from ..explain.plot import new_figure, save_figure
     digits, samples, vecs, best = result["_digits"], result["_samples"], result["_vectors"], result["_best"]
     k = len(digits)
-    fig, axes = plt.subplots(k, 5, figsize=(7.5, 1.6 * k))
+    fig, axes = new_figure(k, 5, figsize=(7.5, 1.6 * k))
     for i in range(k):
         axes[i, 0].imshow(digits[i].view(28, 28), cmap="gray")
         for j in range(3):
@@ -101,7 +98,7 @@ def plot(result: dict, path: str) -> str:
         ax.set_xticks([]), ax.set_yticks([])
     for j, t in enumerate(["original", "noisy samples", "", "", "eigenvector of AB"]):
         axes[0, j].set_title(t, fontsize=9)
-    fig.suptitle(f"rank-3 DAU, n = {result['n']}, noise std {result['noise']}", fontsize=9)
+    fig.suptitle(f"rank-3 DAU, {result['samples']} samples, noise std {result['noise']}", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 

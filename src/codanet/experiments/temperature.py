@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..explain.plot import save_figure, show_contributions, show_image  # noqa: E402
-from ..utils.io import write_json  # noqa: E402
+from ..explain.plot import new_figure, save_figure, show_contributions, show_image
+from ..utils.io import write_json
 
 
-def run(temperatures, out_dir: str, minutes: float, grids: int = 50, images: int = 256, data_dir=None) -> dict:
+def run(temperatures: list[float], out_dir: str, epochs: int = 4, grids: int = 50, images: int = 256,
+        data_dir: str | None = None) -> dict:
+    """Train (or resume, or skip when finished) one model per T for `epochs` epochs, then measure."""
+    from ..demo import DEMO_CONFIG
     from ..evaluate.runner import run as evaluate
     from ..train import load_config_file, make_config, train
-    from ..demo import DEMO_CONFIG
     rows = []
     for T in temperatures:
         run_dir = os.path.join(out_dir, f"T{T:g}")
-        cfg = make_config(dict(temperature=float(T), max_minutes=minutes, name=f"temperature_T{T:g}",
+        cfg = make_config(dict(temperature=float(T), epochs=epochs, run_name=f"temperature_T{T:g}",
                                **({"data_dir": data_dir} if data_dir else {})), base=load_config_file(DEMO_CONFIG))
         if os.path.isfile(os.path.join(run_dir, "summary.json")):
             import json
@@ -45,7 +43,7 @@ def run(temperatures, out_dir: str, minutes: float, grids: int = 50, images: int
                          localisation_ixg=loc["results"]["IxG"]["mean"],
                          removal_area=rem["results"]["CoDA"]["area"], removal_area_ixg=rem["results"]["IxG"]["area"],
                          checkpoint=ckpt))
-    result = dict(rows=rows, minutes_per_model=minutes)
+    result = dict(rows=rows, epochs_per_model=epochs)
     write_json(os.path.join(out_dir, "summary.json"), result)
     plot_scores(result, os.path.join(out_dir, "scores_vs_temperature.png"))
     plot_maps([r["checkpoint"] for r in rows], temperatures, os.path.join(out_dir, "maps_vs_temperature.png"))
@@ -55,7 +53,7 @@ def run(temperatures, out_dir: str, minutes: float, grids: int = 50, images: int
 def plot_scores(result: dict, path: str) -> str:
     rows = result["rows"]
     T = [r["temperature"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    fig, axes = new_figure(1, 3, figsize=(10, 3))
     axes[0].errorbar(T, [r["localisation"] for r in rows], yerr=[r["localisation_std"] for r in rows],
                      marker="o", color="tab:red", capsize=3, label="CoDA")
     axes[0].plot(T, [r["localisation_ixg"] for r in rows], marker="s", color="tab:gray", label="IxG")
@@ -82,7 +80,7 @@ def plot_maps(checkpoints, temperatures, path: str, count: int = 6) -> str:
     test = load_dataset(state["config"]["dataset"], "test", state["config"].get("data_dir"))
     idx = torch.arange(count) * 7
     x, y = make_batch(test, idx, "none", None, train=False), test.labels[idx]
-    fig, axes = plt.subplots(count, len(models) + 1, figsize=(1.5 * (len(models) + 1), 1.5 * count), squeeze=False)
+    fig, axes = new_figure(count, len(models) + 1, figsize=(1.5 * (len(models) + 1), 1.5 * count), squeeze=False)
     for i in range(count):
         show_image(axes[i, 0], x[i])
         axes[i, 0].set_ylabel(test.classes[int(y[i])], fontsize=7)

@@ -10,13 +10,16 @@ Parameters default to the paper's (docs/evaluation.md); every one is a construct
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.coda_net import check_images, encode
-from .contributions import CoDAContributions
+
+if TYPE_CHECKING:
+    from ..models import CoDANet
 
 
 class _Raw(nn.Module):
@@ -60,14 +63,24 @@ class Attribution:
         with torch.enable_grad():
             return self._attribute(inputs.detach(), target).detach()
 
+    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
 
 class CoDA(Attribution):
-    """The model-inherent contributions (eq. 8)."""
+    """The model-inherent contributions (eq. 8) as an attribution like any post-hoc one:
+    s_target(x) = [W_{0->L}(x)]_target * [x, 1-x], summed over channels, (N, H, W); each map sums
+    to logit[target] - b0.  One forward and one backward pass (`CoDANet.explain`)."""
 
     name = "CoDA"
 
     def _attribute(self, x, target):
-        return CoDAContributions(self.model).attribute(x, target)
+        return self.model.explain(x, target=target)["contributions"]
+
+    def attribute_all_classes(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Contributions for every class: (N, K, H, W), from one batched backward pass."""
+        check_images(inputs, self.model.in_channels)
+        return self.model.explain_all(inputs)["contributions"]
 
 
 class Grad(Attribution):
@@ -108,6 +121,7 @@ class DeepLift(Attribution):
 
     def _attribute(self, x, target):
         import warnings
+
         from captum.attr import DeepLift as DL
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -149,7 +163,8 @@ class Occlusion(Attribution):
         from captum.attr import Occlusion as Occ
         enc = encode(x)
         c, h, w = enc.shape[1:]
-        self.evaluations_per_image = (math.ceil((h - self.patch) / self.stride) + 1) * (math.ceil((w - self.patch) / self.stride) + 1) + 1
+        positions = (math.ceil((h - self.patch) / self.stride) + 1) * (math.ceil((w - self.patch) / self.stride) + 1)
+        self.evaluations_per_image = positions + 1
         with torch.no_grad():
             a = Occ(_Encoded(self.model)).attribute(enc, sliding_window_shapes=(c, self.patch, self.patch),
                                                     strides=(c, self.stride, self.stride), baselines=0,
@@ -171,7 +186,7 @@ class RISE(Attribution):
         super().__init__(model)
         self.n, self.grid, self.p, self.batch, self.seed = masks, grid, p, batch_size, seed
         self.evaluations_per_image = masks
-        self._masks = None
+        self._masks: torch.Tensor | None = None
 
     def masks(self, h: int, w: int) -> torch.Tensor:
         if self._masks is None or self._masks.shape[-2:] != (h, w):
@@ -252,7 +267,7 @@ def default_methods(input_size: int) -> dict:
     }
 
 
-def make_methods(model, names, input_size: int, **overrides) -> dict:
+def make_methods(model: CoDANet, names, input_size: int, **overrides) -> dict:
     """Instantiate methods by name ('CoDA', 'Grad', 'IxG', 'IntGrad', 'DeepLIFT', 'GradCAM',
     'Occ<k>', 'RISE', 'LIME'); `overrides[name]` holds keyword arguments for one method."""
     known = default_methods(input_size)

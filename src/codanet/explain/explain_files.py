@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .inputs import VideoReader, VideoWriter, expand_inputs, is_video, read_image, to_model_input
+
+if TYPE_CHECKING:
+    from ..models import CoDANet
 
 
 @dataclasses.dataclass
@@ -31,11 +36,11 @@ class ExplainOptions:
     batch_size: int = 32          # video frames per batch
 
 
-def class_name(model, k: int) -> str:
+def class_name(model: CoDANet, k: int) -> str:
     return model.class_names[k] if model.class_names else str(k)
 
 
-def chosen_classes(model, logits: torch.Tensor, opts: ExplainOptions) -> list[int]:
+def chosen_classes(model: CoDANet, logits: torch.Tensor, opts: ExplainOptions) -> list[int]:
     """The classes to explain for one sample's logits (K,)."""
     if opts.all_classes:
         return list(range(model.num_classes))
@@ -45,7 +50,7 @@ def chosen_classes(model, logits: torch.Tensor, opts: ExplainOptions) -> list[in
 
 
 @torch.no_grad()
-def explain_image(model, x: torch.Tensor, opts: ExplainOptions) -> dict:
+def explain_image(model: CoDANet, x: torch.Tensor, opts: ExplainOptions) -> dict:
     """Explain one model input (C, S, S): logits, probabilities, maps (k, H_l, W_l) of the chosen
     classes and the exactness check of each."""
     out = model.explain_all(x[None], layer=opts.layer)          # all classes in one pass
@@ -73,13 +78,18 @@ def colour_map(maps: np.ndarray, scale: float) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
+def upsample_nearest(values: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """An (h, w) map resized to `size` (H, W) by nearest neighbours (each map pixel a block)."""
+    m = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(m, size=tuple(size[:2]), mode="nearest")[0, 0].numpy()
+
+
 def overlay(image: np.ndarray, contributions: np.ndarray, opacity: float = 0.6) -> np.ndarray:
     """Image (H, W, C) in [0, 1] under its contribution map (h, w), upsampled to the image:
     grey image, red where the map is positive, blue where negative, `opacity` at the largest |value|."""
     h, w = image.shape[:2]
     grey = image.mean(-1) if image.ndim == 3 else image
-    m = torch.from_numpy(np.ascontiguousarray(contributions, dtype=np.float32))[None, None]
-    m = torch.nn.functional.interpolate(m, size=(h, w), mode="nearest")[0, 0].numpy()
+    m = upsample_nearest(contributions, (h, w))
     scale = float(np.abs(m).max()) or 1.0
     alpha = (np.abs(m) / scale * opacity)[..., None]
     colour = colour_map(m, scale).astype(np.float32) / 255
@@ -87,13 +97,12 @@ def overlay(image: np.ndarray, contributions: np.ndarray, opacity: float = 0.6) 
     return (1 - alpha) * base + alpha * colour
 
 
-def save_image_figure(model, x: torch.Tensor, result: dict, path: str, title: str) -> str:
+def save_image_figure(model: CoDANet, x: torch.Tensor, result: dict, path: str, title: str) -> str:
     """Input | one map per chosen class (shared symmetric scale) | overlay of the first."""
-    import matplotlib.pyplot as plt
-    from .plot import save_figure, show_contributions, show_image
+    from .plot import new_figure, save_figure, show_contributions, show_image
     maps, classes, probs = result["maps"], result["classes"], result["probabilities"]
     shown = min(len(classes), 10)
-    fig, axes = plt.subplots(1, shown + 2, figsize=(2.0 * (shown + 2), 2.5), squeeze=False)
+    fig, axes = new_figure(1, shown + 2, figsize=(2.0 * (shown + 2), 2.5), squeeze=False)
     axes = axes[0]
     show_image(axes[0], x)
     axes[0].set_title("input", fontsize=8)
@@ -120,7 +129,8 @@ def _stem(path: str, used: set) -> str:
     return stem
 
 
-def explain_one_image(model, path: str, opts: ExplainOptions, out_dir: str, stem: str, device) -> dict:
+def explain_one_image(model: CoDANet, path: str, opts: ExplainOptions, out_dir: str, stem: str,
+                      device: str | torch.device) -> dict:
     image, notes = read_image(path)
     x, more = to_model_input(image, model.in_channels, model.input_size, opts.resize)
     notes += more
@@ -147,8 +157,7 @@ def video_frame_panel(x: torch.Tensor, contributions: np.ndarray, size: int) -> 
     fy = max(1, size // h)
     left = np.kron((view * 255).round().astype(np.uint8), np.ones((fy, fy, 1), np.uint8))
     scale = float(np.abs(contributions).max()) or 1.0
-    m = torch.from_numpy(np.ascontiguousarray(contributions, dtype=np.float32))[None, None]
-    m = torch.nn.functional.interpolate(m, size=left.shape[:2], mode="nearest")[0, 0].numpy()
+    m = upsample_nearest(contributions, left.shape[:2])
     gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([left, gap, colour_map(m, scale)], axis=1)
 
@@ -163,7 +172,7 @@ def positive_centre(contributions: np.ndarray) -> tuple[float, float] | None:
     return float((rows * pos).sum() / total), float((cols * pos).sum() / total)
 
 
-def explain_video(model, path: str, opts: ExplainOptions, out_dir: str, stem: str, device,
+def explain_video(model: CoDANet, path: str, opts: ExplainOptions, out_dir: str, stem: str, device: str | torch.device,
                   progress: bool = True, panel_size: int = 224) -> dict:
     """Explain every frame, in batches; writes <stem>_explained.mp4 and <stem>_frames.json."""
     from ..utils.io import atomic_path, write_json
@@ -218,17 +227,19 @@ def explain_video(model, path: str, opts: ExplainOptions, out_dir: str, stem: st
                 max_abs_check=max(abs(f["check"]) for f in frames_info))
 
 
-def explain_inputs(model, inputs: list[str], opts: ExplainOptions, out_dir: str, device="cpu",
-                   progress: bool = True, log=print) -> dict:
+def explain_inputs(model: CoDANet, inputs: list[str], opts: ExplainOptions, out_dir: str,
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   log: Callable[[str], None] = print) -> dict:
     """Explain every input (files, folders, videos); a bad input is reported and skipped.
     Returns the content of explanations.json (written to out_dir)."""
     from ..utils.io import write_json
     os.makedirs(out_dir, exist_ok=True)
     files, errors = expand_inputs(inputs)
-    errors = [dict(file=p, error=f"{p}: {e}") for p, e in errors]
-    for e in errors:
+    failed = [dict(file=p, error=f"{p}: {e}") for p, e in errors]
+    for e in failed:
         log(f"error: {e['error']}")
-    done, used = [], set()
+    done: list[dict] = []
+    used: set[str] = set()
     for path in files:
         stem = _stem(path, used)
         try:
@@ -242,10 +253,10 @@ def explain_inputs(model, inputs: list[str], opts: ExplainOptions, out_dir: str,
                     f"(p={max(rec['probabilities']):.3f}) -> {rec['figure']}")
             done.append(rec)
         except (ValueError, FileNotFoundError) as e:
-            errors.append(dict(file=path, error=str(e)))
+            failed.append(dict(file=path, error=str(e)))
             log(f"error: {e}")
     result = dict(class_names=model.class_names or [str(k) for k in range(model.num_classes)],
                   logit_bias=model.logit_bias, temperature=model.temperature, layer=opts.layer,
-                  inputs=done, errors=errors)
+                  inputs=done, errors=failed)
     write_json(os.path.join(out_dir, "explanations.json"), result)
     return result

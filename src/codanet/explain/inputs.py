@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ class VideoWriter:
     def __init__(self, path: str, fps: Fraction, width: int, height: int):
         import av
         self.path = path
-        self.container = av.open(path, "w")
+        self.container: Any = av.open(path, "w")           # None once closed
         self.stream = self.container.add_stream("libx264", rate=fps)
         self.width, self.height = width + width % 2, height + height % 2
         self.stream.width, self.stream.height = self.width, self.height

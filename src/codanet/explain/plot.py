@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+if TYPE_CHECKING:
+    from ..models import CoDANet
+
+
+def new_figure(rows: int = 1, cols: int = 1, figsize=None, **subplots):
+    """(figure, axes) that belong to no pyplot backend: codanet never changes the plotting backend
+    of a notebook or script that imports it; `save_figure` writes the file."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **subplots)
 
 
 def to_numpy_image(x: torch.Tensor) -> np.ndarray:
@@ -32,19 +40,18 @@ def show_image(ax, x: torch.Tensor):
     ax.set_xticks([]), ax.set_yticks([])
 
 
-def save_figure(fig, path) -> str:
-    """Save a figure atomically (temp file + rename) and close it."""
+def save_figure(fig, path: str) -> str:
+    """Save a figure atomically (temp file + rename)."""
     from ..utils.io import atomic_path
     path = str(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.rsplit(".", 1)[-1])
-    plt.close(fig)
     return path
 
 
-def plot_contribution_map(image: torch.Tensor, contributions: torch.Tensor, path=None, title: str = ""):
+def plot_contribution_map(image: torch.Tensor, contributions: torch.Tensor, path: str | None = None, title: str = ""):
     """Image beside its contribution map (red positive, blue negative); saved to `path` if given."""
-    fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.8))
+    fig, axes = new_figure(1, 2, figsize=(5.2, 2.8))
     show_image(axes[0], image)
     axes[0].set_title("input", fontsize=9)
     im = show_contributions(axes[1], contributions)
@@ -55,8 +62,8 @@ def plot_contribution_map(image: torch.Tensor, contributions: torch.Tensor, path
     return fig
 
 
-def plot_explanation_grid(model, images: torch.Tensor, labels: torch.Tensor, class_names, path,
-                          columns: int = 4, title: str = ""):
+def plot_explanation_grid(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
+                          class_names: list[str] | None, path: str, columns: int = 4, title: str = "") -> str:
     """Paper Fig. 2 layout: per image, the input (true / predicted class), the contribution map
     for the predicted class and for the strongest other class; shared symmetric colour scale
     per image.  `images` (N, C, H, W) in [0, 1]."""
@@ -70,7 +77,7 @@ def plot_explanation_grid(model, images: torch.Tensor, labels: torch.Tensor, cla
     c_pred = model.explain(images, target=pred)["contributions"]
     c_other = model.explain(images, target=other)["contributions"]
     rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, 3 * columns, figsize=(1.55 * 3 * columns, 1.75 * rows), squeeze=False)
+    fig, axes = new_figure(rows, 3 * columns, figsize=(1.55 * 3 * columns, 1.75 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     name = lambda i: class_names[i] if class_names else str(i)  # noqa: E731

@@ -12,6 +12,8 @@ Because every step is (dynamic) linear, logit_c - b0 = sum_i [W_{0->L}(x)]_c,i x
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,8 +27,10 @@ def encode(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, 1 - x], dim=1)
 
 
-def check_images(x, in_channels: int) -> None:
-    """Raise ValueError unless x is a float (N, in_channels, H, W) tensor with values in [0, 1]."""
+def check_images(x: object, in_channels: int, values: bool = True) -> None:
+    """Raise ValueError unless x is a float (N, in_channels, H, W) tensor with values in [0, 1].
+    The value check reads one (min, max) pair from the device; `values=False` skips it (the
+    training data path, whose batches are uint8 / 255 by construction)."""
     expected = f"a float tensor of shape (N, {in_channels}, H, W) with values in [0, 1]"
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"expected {expected}, got {type(x).__name__}")
@@ -36,9 +40,11 @@ def check_images(x, in_channels: int) -> None:
         raise ValueError(f"expected {expected}, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"expected {expected}, got an empty tensor of shape {tuple(x.shape)}")
-    if torch.isnan(x).any():
+    if not values:
+        return
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()          # one device sync; NaN propagates
+    if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"expected {expected}, got NaN values")
-    lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
         raise ValueError(f"expected {expected}, got values in [{lo:.4g}, {hi:.4g}] "
                          "(images must be scaled to [0, 1], not normalised by mean/std)")
@@ -47,8 +53,11 @@ def check_images(x, in_channels: int) -> None:
 class CoDANet(nn.Module):
     """A CoDA-Net; build one with `codanet.create_model(name, ...)`."""
 
-    def __init__(self, *, in_channels: int, num_classes: int, kernel_sizes, strides, paddings,
-                 channels, ranks, temperature: float, nonlinearity: str = "sq",
+    layers: nn.Sequential            # the DAUConv2d layers 1..L
+
+    def __init__(self, *, in_channels: int, num_classes: int, kernel_sizes: Sequence[int], strides: Sequence[int],
+                 paddings: Sequence[int], channels: Sequence[int], ranks: Sequence[int], temperature: float,
+                 nonlinearity: str = "sq",
                  logit_bias: float = LOGIT_BIAS, name: str = "coda_net", input_size: int | None = None):
         super().__init__()
         lists = dict(kernel_sizes=kernel_sizes, strides=strides, paddings=paddings,
@@ -67,17 +76,18 @@ class CoDANet(nn.Module):
         self.class_names: list[str] | None = None     # set when loaded from weights that know them
         layers, c_in = [], 2 * in_channels
         for k, s, p, c_out, r in zip(kernel_sizes, strides, paddings, channels, ranks):
-            layers.append(DAUConv2d(c_in, c_out, k, r, stride=s, padding=p, nonlinearity=nonlinearity))
+            layers.append(DAUConv2d(c_in, c_out, k, rank=r, stride=s, padding=p, nonlinearity=nonlinearity))
             c_in = c_out
         self.layers = nn.Sequential(*layers)
-        self.arch = dict(lists, channels=channels, in_channels=in_channels, num_classes=num_classes,
+        self.arch: dict[str, Any] = dict(lists, channels=channels, in_channels=in_channels, num_classes=num_classes,
                          nonlinearity=nonlinearity, temperature=self.temperature,
                          logit_bias=self.logit_bias, name=name, input_size=input_size)
 
     # -- forward ---------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes) for images x in [0, 1] of shape (N, C, H, W)."""
-        check_images(x, self.in_channels)
+    def forward(self, x: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Logits (N, num_classes) for images x in [0, 1] of shape (N, C, H, W).  `check=False`
+        skips the value check (one device sync) for inputs in [0, 1] by construction."""
+        check_images(x, self.in_channels, values=check)
         return self.forward_encoded(encode(x.to(self.dtype)))
 
     def forward_encoded(self, x_encoded: torch.Tensor, first_layer: int = 0) -> torch.Tensor:
@@ -86,8 +96,12 @@ class CoDANet(nn.Module):
         out = self.layers[first_layer:](x_encoded)         # (N, classes, H_L, W_L)
         return out.sum(dim=(2, 3)) / self.temperature + self.logit_bias
 
+    def blocks(self, start: int = 0, stop: int | None = None) -> list[DAUConv2d]:
+        """The DAU layers start+1 .. stop (all by default), typed."""
+        return [cast(DAUConv2d, m) for m in list(self.layers)[start:stop]]
+
     # -- explanations (eq. 6-8) ------------------------------------------------------
-    def resolve_targets(self, target, n: int, device=None) -> torch.Tensor:
+    def resolve_targets(self, target: Any, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Target classes as an (n,) long tensor: None (the caller's default), an int, a class name
         (when `class_names` is known), or one of these per sample; ValueError otherwise."""
         names = self.class_names or []
@@ -95,7 +109,7 @@ class CoDANet(nn.Module):
                 + (", a class name (" + ", ".join(map(repr, names)) + ")" if names else "")
                 + f", or a sequence/tensor of {n} of these")
 
-        def index(t) -> int:
+        def index(t: Any) -> int:
             if isinstance(t, str):
                 if t in names:
                     return names.index(t)
@@ -118,7 +132,7 @@ class CoDANet(nn.Module):
             raise ValueError(f"target must lie in [0, {self.num_classes - 1}], got {bad}")
         return torch.tensor(idx, dtype=torch.long, device=device)
 
-    def check_layer(self, layer) -> int:
+    def check_layer(self, layer: Any) -> int:
         """`layer` of explain(): 0 = the encoded input, l = 1..L the output a_l of DAU layer l."""
         depth = len(self.layers)
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= depth:
@@ -130,11 +144,11 @@ class CoDANet(nn.Module):
         """a_l: the encoded input (l = 0) or the output of DAU layer l, (N, C_l, H_l, W_l)."""
         a = encode(x.to(self.dtype))
         with torch.no_grad():
-            for block in self.layers[:self.check_layer(layer)]:
+            for block in self.blocks(0, self.check_layer(layer)):
                 a = block(a)
         return a
 
-    def explain(self, x: torch.Tensor, target=None, layer: int = 0) -> dict:
+    def explain(self, x: torch.Tensor, target: Any = None, layer: int = 0) -> dict:
         """Exact linear decomposition of the target logit (eq. 6-8) at layer `layer`.
 
         The network above a_l is the linear map W_{l->L}(a_l) in explanation mode, so
@@ -179,7 +193,7 @@ class CoDANet(nn.Module):
         check_images(x, self.in_channels)
         a_l = a = self.activations(x, layer)
         saved = []
-        for block in self.layers[layer:]:                # forward, keeping each layer's w(x)
+        for block in self.blocks(layer):                 # forward, keeping each layer's w(x)
             z, alpha = block.dynamic_weights(a)
             saved.append((a.shape, z, alpha))
             a = block.apply_weights(a, z, alpha)
@@ -187,18 +201,18 @@ class CoDANet(nn.Module):
         n, k = x.shape[0], self.num_classes
         eye = torch.eye(k, dtype=a.dtype, device=a.device) / self.temperature
         grad = eye.expand(n, *a.shape[2:], k, k)        # d logit_k / d a_L, (N, H_L, W_L, K, K)
-        for block, (shape, z, alpha) in zip(reversed(self.layers[layer:]), reversed(saved)):
+        for block, (shape, z, alpha) in zip(reversed(self.blocks(layer)), reversed(saved)):
             grad = block.backproject(grad, block.weights_per_position(z), shape, alpha)
         linear_map = grad.permute(0, 3, 4, 1, 2).contiguous()              # (N, K, C_l, H_l, W_l)
         return dict(logits=logits, prediction=logits.argmax(1), layer=layer, linear_map=linear_map,
                     contributions=(linear_map * a_l[:, None]).sum(2))
 
-    def compile(self, **kwargs) -> None:
+    def compile(self, **kwargs: Any) -> None:
         """torch.compile the network in place (parameter names, checkpoints unchanged).
 
-        Only `forward_encoded` is compiled: the input checks of `forward` read x.min()/x.max() as
+        Only `forward_encoded` is compiled: the input checks of `forward` read (min, max) as
         Python numbers, which would make dynamo recompile for every batch."""
-        self.forward_encoded = torch.compile(self.forward_encoded, **kwargs)
+        self.forward_encoded = torch.compile(self.forward_encoded, **kwargs)  # type: ignore[method-assign]
 
     @property
     def dtype(self) -> torch.dtype:

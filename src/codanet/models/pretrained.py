@@ -12,6 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .coda_net import CoDANet
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
@@ -68,7 +72,7 @@ def weights_path(model: str, weights: str, directory: str | None = None) -> str:
     return path
 
 
-def load_pretrained(model: str, weights: str, directory: str | None = None):
+def load_pretrained(model: str, weights: str, directory: str | None = None) -> tuple[CoDANet, dict]:
     """(model in eval mode with `class_names`, checkpoint state) of shipped weights."""
     from ..train.checkpoint import load_model
     model_obj, state = load_model(weights_path(model, weights, directory))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from .coda_net import CoDANet
 from .configs import CONFIGS
@@ -21,7 +22,7 @@ def model_config(name: str) -> dict:
 def create_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
                  nonlinearity: str = "sq", temperature: float | None = None,
                  rank: int | list[int] | None = None, pretrained: str | None = None,
-                 **overrides) -> CoDANet:
+                 **overrides: Any) -> CoDANet:
     """Build a CoDA-Net from the registry.
 
     num_classes / in_channels default to the config's (3 channels unless the config says
@@ -44,9 +45,11 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
 
 def resolve_config(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
                    temperature: float | None = None, rank: int | list[int] | None = None,
-                   **overrides) -> dict:
+                   **overrides: Any) -> dict:
     """The architecture `create_model` would build, as plain data, without building it."""
     cfg = model_config(name)
+    if rank is not None and "ranks" in overrides:
+        raise ValueError("give either rank (an int f or a list) or ranks (a list), not both")
     if rank is not None:
         if isinstance(rank, int):
             if rank < 1:
@@ -72,7 +75,7 @@ def resolve_config(name: str, *, num_classes: int | None = None, in_channels: in
     return cfg
 
 
-def _pretrained(name: str, weights: str, **requested) -> CoDANet:
+def _pretrained(name: str, weights: str, **requested: Any) -> CoDANet:
     from .pretrained import load_pretrained
     model_config(name)                                       # unknown model: ValueError
     model, _ = load_pretrained(name, weights)

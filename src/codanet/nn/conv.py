@@ -8,6 +8,8 @@ values of all w_j(x) are never held (the literal form is `reference.dau_conv2d_r
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -18,11 +20,12 @@ from .kernels import matmul_rows
 class DAUConv2d(_DAUBase):
     """Convolutional layer of DAUs with a shared B of rank `rank`.
 
-    Args mirror `nn.Conv2d`; `padding=None` means (kernel_size - 1) // 2.
+    Args mirror `nn.Conv2d` (`rank` by keyword: DAUConv2d(16, 32, 3, rank=8, stride=2));
+    `padding=None` means (kernel_size - 1) // 2.
     Input (N, C_in, H, W) -> output (N, C_out, H', W'), H' as for `nn.Conv2d`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rank: int,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, rank: int,
                  stride: int = 1, padding: int | None = None, nonlinearity: str = "sq",
                  bias: bool = True):
         for name, value, low in (("in_channels", in_channels, 1), ("kernel_size", kernel_size, 1),
@@ -68,7 +71,7 @@ class DAUConv2d(_DAUBase):
         w = matmul_rows(z, Ap.transpose(1, 2).flatten(0, 1)).unflatten(-1, (Ap.shape[0], Ap.shape[2]))
         return w if alpha is None else alpha.unsqueeze(-1) * w
 
-    def backproject(self, grad: torch.Tensor, weights: torch.Tensor, input_shape,
+    def backproject(self, grad: torch.Tensor, weights: torch.Tensor, input_shape: Sequence[int],
                     alpha: torch.Tensor | None = None) -> torch.Tensor:
         """Transpose of the layer with fixed weights, for K output gradients at once.
 

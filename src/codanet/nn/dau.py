@@ -34,12 +34,14 @@ class _DAUBase(nn.Module):
     """Shared parameters and maths of a layer of DAUs; subclasses define `_project`.
 
     Parameters, with `patch` the shape of one input (d = prod(patch) values):
-      A: (out, rank, *patch)  -- A_j^T for every unit j
-      B: (rank, *patch)       -- shared by all units
-      b: (out, *patch)        -- or None when bias=False
+      A_T: (out, rank, *patch) -- A_j^T for every unit j (A_j is d x r in eq. 1; stored transposed
+                                  so that A_j^T x is one linear map / convolution)
+      B:   (rank, *patch)      -- shared by all units
+      b:   (out, *patch)       -- or None when bias=False
+    `paper_matrices()` returns them in the paper's layout.
     """
 
-    explanation_mode: bool = False
+    explanation_mode: bool = False           # the explanation-mode protocol (explanation.py)
 
     def __init__(self, out_units: int, rank: int, patch: tuple[int, ...], nonlinearity: str, bias: bool):
         super().__init__()
@@ -51,7 +53,7 @@ class _DAUBase(nn.Module):
         # Init: z = Bx has variance ~||x||^2/d per entry and u = Az has ||u|| ~ ||x||,
         # so the SQ units start in their sensitive range (alpha*||u|| ~ 1/2 for ||x|| ~ 1).
         self.B = nn.Parameter(torch.randn(rank, *patch) / math.sqrt(d))
-        self.A = nn.Parameter(torch.randn(out_units, rank, *patch) / math.sqrt(rank))
+        self.A_T = nn.Parameter(torch.randn(out_units, rank, *patch) / math.sqrt(rank))
         self.b = nn.Parameter(torch.zeros(out_units, *patch)) if bias else None
 
     # -- to be defined by subclasses ---------------------------------------------------
@@ -66,13 +68,13 @@ class _DAUBase(nn.Module):
     # -- the DAU maths -----------------------------------------------------------------
     @property
     def out_units(self) -> int:
-        return self.A.shape[0]
+        return self.A_T.shape[0]
 
     def augmented_A(self) -> torch.Tensor:
         """A'_j^T = [A_j, b_j]^T stacked over units: (out, r+1, *patch) (r when bias=False)."""
         if self.b is None:
-            return self.A
-        return torch.cat([self.A, self.b.unsqueeze(1)], dim=1)
+            return self.A_T
+        return torch.cat([self.A_T, self.b.unsqueeze(1)], dim=1)
 
     def dynamic_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The input-dependent part of w_j(x) = alpha_j * A'_j z' at every position.
@@ -102,6 +104,10 @@ class _DAUBase(nn.Module):
         projected = self._project(x, Ap.flatten(0, 1)).unflatten(-1, Ap.shape[:2])  # (N,P,out,r')
         return self._output(alpha * contract(projected, z), x)
 
+    def set_explanation_mode(self, on: bool) -> None:
+        """Hold w(x) fixed (detached) in forward: the layer becomes linear in x (eq. 7)."""
+        self.explanation_mode = bool(on)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z, alpha = self.dynamic_weights(x)
         if self.explanation_mode:
@@ -114,7 +120,7 @@ class _DAUBase(nn.Module):
         The d input dimensions are ordered as `torch.nn.functional.unfold` orders a patch
         (channel, then kernel row, then kernel column).  b is zeros when bias=False.
         """
-        A = self.A.detach().flatten(2).transpose(1, 2)
+        A = self.A_T.detach().flatten(2).transpose(1, 2)                   # (out, d, r): A_j
         B = self.B.detach().flatten(1)
         b = self.b.detach().flatten(1) if self.b is not None else A.new_zeros(A.shape[:2])
         return A, B, b
@@ -126,7 +132,7 @@ class DAULinear(_DAUBase):
     Input (N, in_features) -> output (N, out_features); output j is w_j(x)^T x.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int,
+    def __init__(self, in_features: int, out_features: int, *, rank: int,
                  nonlinearity: str = "sq", bias: bool = True):
         super().__init__(out_features, rank, (in_features,), nonlinearity, bias)
         self.in_features, self.out_features = in_features, out_features
@@ -154,8 +160,8 @@ class DAULinear(_DAUBase):
 class DAU(DAULinear):
     """A single Dynamic Alignment Unit (eq. 1): (N, d) -> (N,)."""
 
-    def __init__(self, in_features: int, rank: int, nonlinearity: str = "sq", bias: bool = True):
-        super().__init__(in_features, 1, rank, nonlinearity, bias)
+    def __init__(self, in_features: int, *, rank: int, nonlinearity: str = "sq", bias: bool = True):
+        super().__init__(in_features, 1, rank=rank, nonlinearity=nonlinearity, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).squeeze(-1)

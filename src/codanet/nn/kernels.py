@@ -10,9 +10,12 @@ instead of torch.mm, the (1 x S)(S x J) form of a batched matrix-vector product.
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.nn.grad import conv2d_weight
 
 
 def _matvec(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -25,12 +28,12 @@ class _Contract(torch.autograd.Function):
     """y[..., j] = sum_s M[..., j, s] v[..., s] with a lean backward (no saved temporaries)."""
 
     @staticmethod
-    def forward(ctx, M, v):
+    def forward(ctx: Any, M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(M, v)
         return _matvec(M, v)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         M, v = ctx.saved_tensors
         dM = grad.unsqueeze(-1) * v.unsqueeze(-2) if ctx.needs_input_grad[0] else None
         dv = (grad.unsqueeze(-2) @ M).squeeze(-2) if ctx.needs_input_grad[1] else None
@@ -39,7 +42,7 @@ class _Contract(torch.autograd.Function):
 
 def contract(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Batched matrix-vector product (..., J, S) x (..., S) -> (..., J)."""
-    return _Contract.apply(M, v)
+    return cast(torch.Tensor, _Contract.apply(M, v))
 
 
 def _as_images(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +67,7 @@ def matmul_rows_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
     o, s = grad.shape[-1], x.shape[-1]
     if x.ndim < 3 or x.shape[-2] == 1:
         return grad.reshape(-1, o).t() @ x.reshape(-1, s)
-    w = torch.nn.grad.conv2d_weight(_as_images(x), (o, s, 1, 1), _as_images(grad))
+    w = conv2d_weight(_as_images(x), (o, s, 1, 1), _as_images(grad))
     return w.view(o, s)
 
 
@@ -77,7 +80,7 @@ class _GramForm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, gram):
+    def forward(ctx: Any, z: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
         out, r1 = gram.shape[:2]
         gz = matmul_rows(z, gram.flatten(0, 1)).unflatten(-1, (out, r1))  # G_j z: (..., out, r')
         ctx.save_for_backward(z, gz)
@@ -85,7 +88,7 @@ class _GramForm(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z, gz = ctx.saved_tensors
         dz = 2 * (grad.unsqueeze(-2) @ gz).squeeze(-2)                    # sum_j q_j' 2 G_j z
         outer = (grad.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)          # (..., out*r')
@@ -95,4 +98,4 @@ class _GramForm(torch.autograd.Function):
 
 def gram_form(z: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """z'^T G_j z' for every unit j: z (..., r'), symmetric gram (out, r', r') -> (..., out)."""
-    return _GramForm.apply(z, gram)
+    return cast(torch.Tensor, _GramForm.apply(z, gram))

@@ -13,10 +13,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..utils.io import atomic_path
+
+if TYPE_CHECKING:
+    from ..models import CoDANet
 
 FORMAT = "codanet-checkpoint-v1"
 
@@ -61,7 +65,8 @@ def _read_tensors(path: str) -> dict:
     return tensors
 
 
-def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None) -> str:
+def save_checkpoint(path: str, model: CoDANet, optimizer: torch.optim.Optimizer | None = None,
+                    state: dict | None = None) -> str:
     """Write model (+ optimiser) tensors and JSON state to `path` atomically."""
     from safetensors.torch import save_file
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -76,6 +81,11 @@ def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None)
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"codanet": json.dumps(meta)})
     return path
+
+
+def current_name(name: str) -> str:
+    """Parameter names of files written before A_T was named for its layout ('layers.3.A')."""
+    return name + "_T" if name.endswith(".A") else name
 
 
 def read_state(path: str) -> tuple[dict, dict]:
@@ -95,7 +105,7 @@ def read_state(path: str) -> tuple[dict, dict]:
                          f"a {FORMAT} object)")
     check_state(state, path)
     expected = expected_shapes(state["arch"])
-    found = {k[len("model."):]: v for k, v in shapes.items() if k.startswith("model.")}
+    found = {current_name(k[len("model."):]): v for k, v in shapes.items() if k.startswith("model.")}
     diffs = [f"{k}: architecture needs {expected[k]}, file has {found.get(k, 'nothing')}"
              for k in expected if found.get(k) != expected[k]]
     diffs += [f"{k}: unexpected tensor {found[k]}" for k in found if k not in expected]
@@ -117,13 +127,13 @@ def arch_differences(expected: dict, found: dict) -> list[str]:
             for k in keys if expected.get(k) != found.get(k)]
 
 
-def load_into(model, path: str, optimizer=None) -> dict:
+def load_into(model: CoDANet, path: str, optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Load weights (and optimiser state) after checking the architecture; returns the state."""
     tensors, state = read_checkpoint(path)
     diffs = arch_differences(model.arch, state["arch"])
     if diffs:
         raise ValueError(f"checkpoint {path} does not fit this model: " + "; ".join(diffs))
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights = {current_name(k[len("model."):]): v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(weights)
     if optimizer is not None and state.get("param_groups") is not None:
         per_param: dict = {}

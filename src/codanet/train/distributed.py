@@ -49,7 +49,7 @@ class Context:
 
     def unshard(self, parts: list[list]) -> list:
         """Inverse of shard: interleave the per-rank lists back into the original order."""
-        out = []
+        out: list = []
         for i in range(max(map(len, parts), default=0)):
             out.extend(p[i] for p in parts if i < len(p))
         return out

@@ -16,10 +16,15 @@ and differentiating it again (create_graph=True) gives the exact parameter gradi
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from ..models.coda_net import check_images, encode
+
+if TYPE_CHECKING:
+    from ..models import CoDANet
 
 
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -27,12 +32,12 @@ def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, logits.shape[1]).to(logits.dtype))
 
 
-def forward_with_linear_map(model, x: torch.Tensor, rows: torch.Tensor):
+def forward_with_linear_map(model: CoDANet, x: torch.Tensor, rows: torch.Tensor):
     """Logits and the rows `rows` (N, R) of W_{0->L}(x) (N, R, 2C, H, W), differentiable."""
     a = encode(x)
     v0 = a.detach().clone().requires_grad_(True)
     v = v0
-    for layer in model.layers:
+    for layer in model.blocks():
         z, alpha = layer.dynamic_weights(a)
         a, v = layer.apply_weights(a, z, alpha), layer.apply_weights(v, z, alpha)
     logits = a.sum((2, 3)) / model.temperature + model.logit_bias
@@ -48,16 +53,17 @@ def other_classes(labels: torch.Tensor, num_classes: int, generator: torch.Gener
     return (labels + offset.to(labels.device)) % num_classes
 
 
-def coda_loss(model, x: torch.Tensor, labels: torch.Tensor, lam: float = 0.0,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Eq. 9-10.  Returns (loss, logits, parts) with parts = {'bce', 'reg'} as floats."""
+def coda_loss(model: CoDANet, x: torch.Tensor, labels: torch.Tensor, lam: float = 0.0,
+              generator: torch.Generator | None = None, check: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Eq. 9-10.  Returns (loss, logits, parts) with parts = {'bce', 'reg'} as detached 0-d tensors
+    (read them with .item() when needed: each read waits for the device)."""
     if lam == 0:
-        logits = model(x)
+        logits = model(x, check=check)
         loss = bce_loss(logits, labels)
-        return loss, logits, {"bce": loss.item(), "reg": 0.0}
-    check_images(x, model.in_channels)
+        return loss, logits, {"bce": loss.detach(), "reg": torch.zeros((), device=loss.device)}
+    check_images(x, model.in_channels, values=check)
     rows = torch.stack([labels, other_classes(labels, model.num_classes, generator)], 1)
     logits, maps = forward_with_linear_map(model, x, rows)
     bce = bce_loss(logits, labels)
     reg = maps.abs().mean()
-    return bce + lam * reg, logits, {"bce": bce.item(), "reg": reg.item()}
+    return bce + lam * reg, logits, {"bce": bce.detach(), "reg": reg.detach()}

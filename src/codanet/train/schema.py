@@ -72,7 +72,7 @@ def state_problems(state: dict) -> list[str]:
     if config is not None and not isinstance(config, dict):
         problems.append(f"config: expected an object, got {type(config).__name__}")
     elif config:
-        for key in ("dataset", "data_dir", "name", "model"):
+        for key in ("dataset", "data_dir", "run_name", "name", "model"):
             if config.get(key) is not None and not isinstance(config[key], str):
                 problems.append(f"config.{key}: expected a string, got {config[key]!r:.80}")
     classes = state.get("classes")
@@ -102,10 +102,11 @@ def check_state(state: dict, path: str) -> None:
 
 def expected_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
     """The model's state-dict shapes for a valid `arch` (DAUConv2d: A, B, b per layer)."""
-    shapes, c_in = {}, 2 * arch["in_channels"]
+    shapes: dict[str, tuple[int, ...]] = {}
+    c_in = 2 * arch["in_channels"]
     for i, (k, c_out, r) in enumerate(zip(arch["kernel_sizes"], arch["channels"], arch["ranks"])):
         shapes[f"layers.{i}.B"] = (r, c_in, k, k)
-        shapes[f"layers.{i}.A"] = (c_out, r, c_in, k, k)
+        shapes[f"layers.{i}.A_T"] = (c_out, r, c_in, k, k)
         shapes[f"layers.{i}.b"] = (c_out, c_in, k, k)
         c_in = c_out
     return shapes
