@@ -171,3 +171,21 @@ def test_unknown_method_and_bad_target_are_rejected():
     for method in make_methods(model, ["CoDA", "Grad", "Occ5"], 12).values():
         with pytest.raises(ValueError, match=r"target must lie in \[0, 9\]"):
             method.attribute(torch.rand(2, 1, 12, 12), target=10)
+
+
+@pytest.mark.parametrize("name", ["Occ5", "RISE", "CoDA"])
+def test_one_sweep_for_all_classes_equals_the_per_class_maps(name):
+    """A grid costs one perturbation sweep: the all-class maps of Occlusion (windows clipped at
+    the border, averaged over the windows covering a pixel) and RISE equal the per-class ones."""
+    model = tiny_model("coda_cpu", num_classes=4, in_channels=1, temperature=1.0, kernel_sizes=[3, 3, 1],
+                       strides=[1, 2, 1], paddings=[1, 1, 0], channels=[8, 8, 4], ranks=[4, 4, 4]).double().eval()
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    method = make_methods(model, [name], 12, RISE=dict(masks=48, batch_size=20))[name]
+    every = method.attribute_all_classes(x)
+    assert every.shape == (2, 4, 12, 12) and every.abs().amax((0, 2, 3)).min() > 1e-3   # maps that say something
+    tol = 1e-6 if name == "Occ5" else 1e-10          # Captum's Occlusion sums in float32 even for float64 input
+    for k in range(4):
+        per_class = method.attribute(x, target=k).double()
+        assert torch.allclose(every[:, k], per_class, atol=tol, rtol=0), (k, (every[:, k] - per_class).abs().max())
+    if name == "Occ5":
+        assert method.evaluations_per_image == 26          # 5 x 5 window positions + the unoccluded input

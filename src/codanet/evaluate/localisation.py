@@ -86,10 +86,14 @@ def cell_scores(attribution: torch.Tensor, n: int) -> torch.Tensor:
 def grid_scores(method: Attribution, images: torch.Tensor, grids, n: int, progress: bool = True) -> list[list[float]]:
     """For each grid, the localisation score s_c of every cell's class c (row-major)."""
     out = []
+    all_classes = getattr(method, "attribute_all_classes", None)
     for cells in tqdm(grids, desc=f"localisation {getattr(method, 'name', '')}", disable=not progress, leave=False):
-        g = grid_image(images, cells, n)[None].expand(n * n, -1, -1, -1)
         targets = torch.tensor([c for c, _ in cells])
-        maps = method.attribute(g.contiguous(), target=targets)     # (n*n, nH, nW)
+        if all_classes is not None:        # one pass (one perturbation sweep) serves every cell's class
+            maps = all_classes(grid_image(images, cells, n)[None])[0, targets.to(images.device)]
+        else:
+            g = grid_image(images, cells, n)[None].expand(n * n, -1, -1, -1)
+            maps = method.attribute(g.contiguous(), target=targets)     # (n*n, nH, nW)
         share = cell_scores(maps, n)                                 # (n*n, n*n)
         out.append([float(share[k, k]) for k in range(len(cells))])
     return out

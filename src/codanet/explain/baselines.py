@@ -171,6 +171,30 @@ class Occlusion(Attribution):
                                                     target=target, perturbations_per_eval=max(1, self.batch // len(x)))
         return a.mean(1)
 
+    @torch.no_grad()
+    def attribute_all_classes(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The maps of every class, (N, K, H, W), from one sweep of the window: each occluded
+        input's logits serve all K classes.  Equal to `attribute(inputs, target=k)` for each k
+        (Captum's windows, clipped at the border, and its average over the windows covering a pixel)."""
+        check_images(inputs, self.model.in_channels)
+        enc = encode(inputs)                                                  # (N, 2C, H, W)
+        h, w = enc.shape[2:]
+        tops = [i * self.stride for i in range(math.ceil((h - self.patch) / self.stride) + 1)]
+        lefts = [j * self.stride for j in range(math.ceil((w - self.patch) / self.stride) + 1)]
+        windows = torch.zeros(len(tops) * len(lefts), h, w, dtype=enc.dtype, device=enc.device)
+        for i, (t, left) in enumerate((t, left) for t in tops for left in lefts):
+            windows[i, t:t + self.patch, left:left + self.patch] = 1                # clipped at the border
+        self.evaluations_per_image = len(windows) + 1
+        base = self.model.forward_encoded(enc)                                # (N, K)
+        total = enc.new_zeros(len(enc), base.shape[1], h, w)
+        step = max(1, self.batch // len(enc))
+        for s in range(0, len(windows), step):
+            m = windows[s:s + step]                                           # (B, H, W)
+            occluded = (enc[:, None] * (1 - m)[None, :, None]).flatten(0, 1)  # (N*B, 2C, H, W)
+            delta = base[:, None] - self.model.forward_encoded(occluded).unflatten(0, (len(enc), len(m)))
+            total += torch.einsum("nbk,bhw->nkhw", delta, m)
+        return total / windows.sum(0)
+
 
 class RISE(Attribution):
     """RISE (Petsiuk et al. 2018): saliency = E[score(x * M) M] / p over random smooth masks.
@@ -201,10 +225,26 @@ class RISE(Attribution):
         return self._masks
 
     @torch.no_grad()
+    def attribute_all_classes(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The maps of every class, (N, K, H, W): the masked inputs' logits serve all K classes."""
+        check_images(inputs, self.model.in_channels)
+        enc = encode(inputs)
+        masks = self.masks(*inputs.shape[2:]).to(inputs.device, enc.dtype)      # (M, H, W)
+        maps = []
+        for i in range(len(inputs)):
+            total = enc.new_zeros(self.model.num_classes, *inputs.shape[2:])     # (K, H, W)
+            for s in range(0, self.n, self.batch):
+                m = masks[s:s + self.batch]
+                scores = torch.sigmoid(self.model.forward_encoded(enc[i:i + 1] * m[:, None]))   # (B, K)
+                total += torch.einsum("mk,mhw->khw", scores, m)
+            maps.append(total)
+        return torch.stack(maps) / (self.n * self.p)
+
+    @torch.no_grad()
     def _attribute(self, x, target):
         enc = encode(x)
-        masks = self.masks(*x.shape[2:]).to(x.device)            # (M, H, W)
-        out = torch.zeros(len(x), *x.shape[2:], device=x.device)
+        masks = self.masks(*x.shape[2:]).to(x.device, enc.dtype)            # (M, H, W)
+        out = torch.zeros(len(x), *x.shape[2:], device=x.device, dtype=enc.dtype)
         for i in range(len(x)):
             for s in range(0, self.n, self.batch):
                 m = masks[s:s + self.batch]
