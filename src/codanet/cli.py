@@ -195,7 +195,7 @@ def _evaluate(args) -> int:
     return 0
 
 
-EVALUATE_BOUNDS = dict(grids=100_000, n=10, images=1_000_000, steps=4_096)
+EVALUATE_BOUNDS = dict(grids=100_000, grid_size=10, images=1_000_000, steps=4_096)
 
 
 def check_output_file(path: str) -> None:
@@ -214,7 +214,7 @@ def _evaluate_metric(kind, args) -> int:
     from .evaluate.runner import format_table, run
     for name, high in EVALUATE_BOUNDS.items():
         if not 1 <= getattr(args, name) <= high:
-            raise UsageError(f"--{name} must lie in [1, {high:,}], got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must lie in [1, {high:,}], got {getattr(args, name)}")
     if args.grid_size < 2:
         raise UsageError(f"--grid-size must be >= 2, got {args.grid_size}")
     if args.json:

@@ -84,7 +84,7 @@ def write_card(out_dir: str, cfg: dict, summary: dict, classes: list[str]) -> st
     """model_card.json and model_card.md of a fine-tuned run: source weights, classes, recipe,
     accuracy per epoch.  Returns the Markdown path."""
     source = source_description(cfg["init_from"])
-    new_layer = source["classes"] != list(classes)
+    new_layer = len(source["classes"] or []) != len(classes)       # model_from replaces it only then
     card = dict(source=source, classes=list(classes), new_class_layer=new_layer,
                 train_layers=cfg["train_layers"], freeze_epochs=cfg["freeze_epochs"],
                 test_top1=summary["test_accuracy"], test_top5=summary["test_top5"],
@@ -99,7 +99,8 @@ def write_card(out_dir: str, cfg: dict, summary: dict, classes: list[str]) -> st
              f"Fine-tuned on `{cfg['dataset']}`" + (f" ({cfg['data_dir']})" if cfg.get("data_dir") else "")
              + f": {summary['train_images']:,} training and {summary['test_images']:,} test images, "
              f"{len(classes)} classes ({', '.join(classes)}).",
-             ("A new class layer replaced the source's." if new_layer else "The source's class layer was kept.")
+             ("A new class layer replaced the source's." if new_layer else
+              "The source's class layer was kept (same number of classes) and trained for the new classes.")
              + f" {frozen.capitalize()}; T = {summary['temperature']:g}.", "",
              f"Test top-1 {100 * summary['test_accuracy']:.2f} %, top-5 {100 * summary['test_top5']:.2f} % after "
              f"{summary['epochs']:g} epochs (per epoch: "
