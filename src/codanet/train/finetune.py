@@ -64,11 +64,6 @@ def set_trainable(model: CoDANet, n_last: int) -> None:
             p.requires_grad_(i >= depth - n_last)
 
 
-def frozen_parameters(model: CoDANet) -> int:
-    return sum(p.numel() for p in model.parameters() if not p.requires_grad)
-
-
-
 def source_description(spec: str) -> dict:
     """What `init_from` names: the spec, the file and its sha256, its data set and classes."""
     from ..models.pretrained import sha256_of, split_spec, weights_path
