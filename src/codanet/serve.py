@@ -197,13 +197,11 @@ def build_app(viewer: Viewer) -> Any:
 def serve(model_spec: str, host: str = "127.0.0.1", port: int = 7860) -> None:
     from .evaluate.runner import checkpoint_test_split
     from .train import load_model
-    model, state = load_model(model_spec)
-    test = None
-    if (state.get("config") or {}).get("dataset"):
-        try:                                      # the test images of the weights' own data set
-            _, _, test = checkpoint_test_split(model_spec)
-        except (FileNotFoundError, ValueError, ImportError):
-            test = None
+    try:                                          # the model and the test images of its own data set
+        model, _, test = checkpoint_test_split(model_spec)
+    except (FileNotFoundError, ValueError, ImportError):
+        model, _ = load_model(model_spec)         # no usable test split: uploads only (a bad file raises here)
+        test = None
     app = build_app(Viewer(model, test))
     print(f"codanet serve: {model_spec} on http://{host}:{port}", flush=True)
     app.queue().launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)

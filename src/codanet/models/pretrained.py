@@ -79,6 +79,13 @@ def load_pretrained(model: str, weights: str, directory: str | None = None) -> t
     return model_obj, state
 
 
+def resolve_weights(spec: str) -> str:
+    """The file a weights argument names: shipped weights 'coda_cpu:fashion_mnist' (sha256-checked)
+    or the path itself."""
+    named = split_spec(spec)
+    return weights_path(*named) if named else spec
+
+
 def split_spec(spec: str) -> tuple[str, str] | None:
     """'coda_cpu:fashion_mnist' -> ('coda_cpu', 'fashion_mnist') when the model is registered and
     no file of that name exists; otherwise None (a checkpoint path)."""

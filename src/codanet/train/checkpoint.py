@@ -152,10 +152,8 @@ def load_model(path: str, device: str = "cpu"):
     card).  Returns (model in eval mode, state); `model.class_names` holds the classes when the
     file records them."""
     from ..models import CoDANet
-    from ..models.pretrained import split_spec, weights_path
-    spec = split_spec(os.fspath(path))
-    if spec is not None:
-        path = weights_path(*spec)
+    from ..models.pretrained import resolve_weights
+    path = resolve_weights(os.fspath(path))
     state, _ = read_state(path)                   # metadata and shapes checked: the model fits the file
     model = CoDANet(**state["arch"])
     load_into(model, path)

@@ -66,10 +66,9 @@ def set_trainable(model: CoDANet, n_last: int) -> None:
 
 def source_description(spec: str) -> dict:
     """What `init_from` names: the spec, the file and its sha256, its data set and classes."""
-    from ..models.pretrained import sha256_of, split_spec, weights_path
+    from ..models.pretrained import resolve_weights, sha256_of
     from .checkpoint import read_state
-    named = split_spec(spec)
-    path = weights_path(*named) if named else spec
+    path = resolve_weights(spec)
     state, _ = read_state(path)
     return dict(init_from=spec, file=os.path.basename(path), sha256=sha256_of(path),
                 dataset=state.get("dataset"), classes=state.get("classes"))

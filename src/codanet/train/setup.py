@@ -50,10 +50,9 @@ def input_format(cfg: dict) -> tuple[int, int | None]:
     """(channels, input size) of the model a config trains: that of `init_from`'s weights, else
     the registered architecture's (3 channels unless it says otherwise)."""
     if cfg["init_from"]:
-        from ..models.pretrained import split_spec, weights_path
+        from ..models.pretrained import resolve_weights
         from .checkpoint import read_state
-        spec = split_spec(cfg["init_from"])
-        arch = read_state(weights_path(*spec) if spec else cfg["init_from"])[0]["arch"]
+        arch = read_state(resolve_weights(cfg["init_from"]))[0]["arch"]
     else:
         from ..models.registry import resolve_config
         arch = resolve_config(cfg["model"])
