@@ -33,7 +33,7 @@ def test_rank_and_ranks_together_are_refused():
 def test_importing_codanet_leaves_the_plotting_backend_alone():
     code = ("import matplotlib; matplotlib.use('svg'); "
             "import codanet, codanet.explain, codanet.report, codanet.evaluate.runner, "
-            "codanet.experiments.temperature, codanet.explain.explain_files; "
+            "codanet.experiments.study, codanet.evaluate.sanity, codanet.explain.explain_files; "
             "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 

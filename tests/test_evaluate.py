@@ -173,19 +173,136 @@ def test_unknown_method_and_bad_target_are_rejected():
             method.attribute(torch.rand(2, 1, 12, 12), target=10)
 
 
-@pytest.mark.parametrize("name", ["Occ5", "RISE", "CoDA"])
+@pytest.mark.parametrize("name", ["Occ5", "RISE", "LIME", "CoDA"])
 def test_one_sweep_for_all_classes_equals_the_per_class_maps(name):
     """A grid costs one perturbation sweep: the all-class maps of Occlusion (windows clipped at
-    the border, averaged over the windows covering a pixel) and RISE equal the per-class ones."""
+    the border, averaged over the windows covering a pixel), RISE and LIME (ours: one Lasso per
+    class on one set of samples) equal the per-class ones (Captum's Occlusion and Lime)."""
     model = tiny_model("coda_cpu", num_classes=4, in_channels=1, temperature=1.0, kernel_sizes=[3, 3, 1],
                        strides=[1, 2, 1], paddings=[1, 1, 0], channels=[8, 8, 4], ranks=[4, 4, 4]).double().eval()
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
     method = make_methods(model, [name], 12, RISE=dict(masks=48, batch_size=20))[name]
     every = method.attribute_all_classes(x)
     assert every.shape == (2, 4, 12, 12) and every.abs().amax((0, 2, 3)).min() > 1e-3   # maps that say something
-    tol = 1e-6 if name == "Occ5" else 1e-10          # Captum's Occlusion sums in float32 even for float64 input
+    # Captum's Occlusion sums in float32 even for float64 input, and its Lime fits the Lasso in float32
+    tol = dict(Occ5=1e-6, LIME=1e-5).get(name, 1e-10)
     for k in range(4):
         per_class = method.attribute(x, target=k).double()
         assert torch.allclose(every[:, k], per_class, atol=tol, rtol=0), (k, (every[:, k] - per_class).abs().max())
     if name == "Occ5":
         assert method.evaluations_per_image == 26          # 5 x 5 window positions + the unoccluded input
+
+
+def test_absolute_gradient_is_the_absolute_value_of_the_gradient():
+    model = tiny_model("coda_cpu").double()
+    x = torch.rand(2, 1, 10, 10, dtype=torch.float64)
+    m = make_methods(model, ["Grad", "AbsGrad"], 10)
+    assert m["AbsGrad"].name == "AbsGrad" and m["Grad"].name == "Grad"
+    signed, absolute = m["Grad"].attribute(x, 3), m["AbsGrad"].attribute(x, 3)
+    assert torch.allclose(absolute, signed.abs()) and (signed < 0).any()
+
+
+def test_random_selection_keeps_the_classes_and_changes_the_images():
+    pools = {c: list(range(100 * c, 100 * c + 40)) for c in range(10)}
+    confident = make_grids(pools, 3, 30, seed=2)
+    drawn = make_grids(pools, 3, 30, seed=2, selection="random")
+    assert [[c for c, _ in g] for g in confident] == [[c for c, _ in g] for g in drawn]
+    assert all(i in pools[c] for g in drawn for c, i in g)
+    first = [i for g in confident for c, i in g if c == 0]
+    assert first == pools[0][:len(first)]                       # most confident first, in order
+    assert [i for g in drawn for c, i in g if c == 0] != first
+    with pytest.raises(ValueError, match="unknown grid selection"):
+        make_grids(pools, 3, 1, selection="best")
+
+
+def test_localisation_reports_its_cost_and_per_grid_means():
+    model = tiny_model("coda_cpu")
+    images, labels = torch.rand(8, 1, 8, 8), torch.arange(8)
+    grids = [[(0, 0), (1, 1), (2, 2), (3, 3)], [(4, 4), (5, 5), (6, 6), (7, 7)]]
+    occ = make_methods(model, ["Occ5"], 16)["Occ5"]
+    r = localisation(model, occ, images, labels, grid_size=2, progress=False, grid_cells=grids)
+    assert r["evaluations_per_grid"] == 7 * 7 + 1 and r["seconds_per_grid"] > 0   # one sweep per 16x16 grid
+    assert r["grid_means"] == pytest.approx([sum(r["scores"][:4]) / 4, sum(r["scores"][4:]) / 4])
+    ixg = make_methods(model, ["IxG"], 16)["IxG"]
+    assert localisation(model, ixg, images, labels, grid_size=2, progress=False,
+                        grid_cells=grids)["evaluations_per_grid"] == 4      # one pass per cell
+
+
+def test_bootstrap_intervals_and_paired_differences():
+    from codanet.evaluate.intervals import bootstrap_interval, with_intervals
+    rng = torch.Generator().manual_seed(0)
+    base = torch.rand(400, generator=rng).tolist()
+    low, high = bootstrap_interval(base)
+    mean = sum(base) / len(base)
+    assert low < mean < high and 0.02 < high - low < 0.08            # ~ 4 standard errors of U(0,1)/sqrt(400)
+    assert bootstrap_interval(base) == bootstrap_interval(base)        # seeded
+    small = bootstrap_interval(base[:40])
+    assert small[1] - small[0] > high - low                            # fewer units, wider interval
+    noise = (torch.rand(400, generator=rng) - 0.5).mul(0.01).tolist()
+    table = with_intervals({"CoDA": base, "better": [b + 0.05 + e for b, e in zip(base, noise)],
+                            "same": [b + e for b, e in zip(base, noise)]})
+    assert "difference_to_CoDA" not in table["CoDA"]
+    assert table["better"]["difference_to_CoDA"]["significant"]
+    assert table["better"]["difference_to_CoDA"]["ci95"][0] > 0.04
+    assert not table["same"]["difference_to_CoDA"]["significant"]
+    with pytest.raises(ValueError, match="same units"):
+        with_intervals({"CoDA": base, "other": base[:10]})
+
+
+def test_pixel_removal_areas_are_per_image_and_average_to_the_area():
+    from codanet.evaluate import pixel_removal
+    model = tiny_model("coda_cpu")
+    x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4])
+    r = pixel_removal(model, CoDA(model), x, y, steps=4, progress=False, batch_size=2)
+    assert len(r["areas"]) == 5 and sum(r["areas"]) / 5 == pytest.approx(r["area"])
+    alone = pixel_removal(model, CoDA(model), x[3:4], y[3:4], steps=4, progress=False)
+    assert alone["area"] == pytest.approx(r["areas"][3], abs=1e-6)
+
+
+def test_cascading_randomisation_redraws_the_top_layers_only():
+    from codanet.evaluate.sanity import cascading_randomisation, randomised, similarities
+    model = tiny_model("coda_cpu").eval()
+    x = torch.rand(3, 1, 12, 12)
+    assert torch.equal(randomised(model, 0)(x), model(x))
+    L = len(model.blocks())
+    two, three = randomised(model, 2, seed=1), randomised(model, 3, seed=1)
+    for i, (a, b, c) in enumerate(zip(model.blocks(), two.blocks(), three.blocks())):
+        assert torch.equal(a.A_T, b.A_T) == (i < L - 2), i                   # only the top 2 re-drawn
+        if i >= L - 2:
+            assert torch.equal(b.A_T, c.A_T) and torch.equal(b.B, c.B)      # cascading: same draws
+    maps = torch.rand(4, 12, 12)
+    rho, ssim = similarities(maps, maps)
+    assert rho == pytest.approx([1.0] * 4) and ssim == pytest.approx([1.0] * 4)
+    rho, _ = similarities(maps, torch.rand(4, 12, 12))
+    assert abs(rho.mean()) < 0.2
+    result = cascading_randomisation(model, ["CoDA", "IxG"], x, torch.tensor([0, 1, 2]), progress=False)
+    assert result["depths"] == list(range(L + 1)) and result["maps"]["CoDA"].shape == (L + 1, 3, 12, 12)
+    for scores in result["scores"].values():
+        assert scores["spearman"][0] == pytest.approx(1.0) and len(scores["ssim"]) == L + 1
+
+
+def test_evaluate_commands_report_intervals_cost_and_the_sanity_check(tmp_path, capsys):
+    """End to end on the shipped MNIST weights: a ten-method-style table with intervals and cost,
+    the random-selection protocol, the weights' sha256, and the sanity check's JSON and figures."""
+    import json
+
+    from codanet.cli import main
+    from test_hostile import mnist_or_skip
+    mnist_or_skip()
+    out = tmp_path / "loc.json"
+    assert main(["evaluate", "localisation", "coda_cpu:mnist_5k", "--grids", "3", "--methods", "CoDA,AbsGrad,LIME",
+                 "--selection", "random", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| LIME |" in table and "s / grid" in table and "[" in table
+    summary = json.loads(out.read_text())
+    assert summary["selection"] == "random" and len(summary["sha256"]) == 64
+    lime = summary["results"]["LIME"]
+    assert lime["evaluations_per_grid"] == 256 and len(lime["grid_means"]) == 3
+    assert lime["difference_to_CoDA"]["ci95"][0] <= lime["difference_to_CoDA"]["mean"]
+    sanity = tmp_path / "sanity.json"
+    assert main(["evaluate", "sanity", "coda_cpu:mnist_5k", "--images", "3", "--methods", "CoDA,Grad",
+                 "--json", str(sanity)]) == 0
+    assert "passes" in capsys.readouterr().out
+    result = json.loads(sanity.read_text())
+    assert result["depths"] == list(range(10)) and result["scores"]["CoDA"]["spearman"][0] == pytest.approx(1.0)
+    assert (tmp_path / "sanity.png").stat().st_size > 0 and (tmp_path / "sanity_maps.png").stat().st_size > 0

@@ -52,3 +52,38 @@ def test_single_dau_layer_learns_noisy_digits_and_aligns_with_correct_samples():
     a = digits.analyse(model, te_clean, te_noisy, te_y)
     assert a["accuracy"] > 0.8
     assert a["cos_w_input_correct"] > a["cos_w_input_misclassified"] + 0.2
+
+
+def test_gini_index_of_maps():
+    from codanet.experiments.study import gini
+    n = 16
+    one_hot = torch.zeros(1, 4, 4)
+    one_hot[0, 1, 2] = -3.0                                     # |map|: sign does not matter
+    maps = torch.cat([torch.ones(1, 4, 4), one_hot, torch.zeros(1, 4, 4)])
+    assert gini(maps).tolist() == pytest.approx([0.0, (n - 1) / n, 0.0])
+    x = torch.rand(3, 5, 5)
+    assert torch.allclose(gini(7 * x), gini(x)) and ((gini(x) > 0) & (gini(x) < 1)).all()
+    # the textbook form: mean absolute difference over twice the mean
+    v = x[0].flatten().double()
+    assert float(gini(x[:1])) == pytest.approx(float((v[:, None] - v[None]).abs().mean() / (2 * v.mean())))
+
+
+def test_lambda_study_trains_measures_and_skips_finished_models(tmp_path, monkeypatch):
+    """Two tiny fine-tuning runs (from the shipped MNIST weights, 128 images each); a second call
+    trains nothing and gives the same table."""
+    from codanet.experiments import study
+    from test_hostile import mnist_or_skip
+    mnist_or_skip()
+    base = dict(dataset="mnist_5k", init_from="coda_cpu:mnist_5k", max_train_images=128, temperature=500.0,
+                checkpoint_every_steps=1)
+    first = study.run("lam", [0, 0.5], str(tmp_path), epochs=1, grids=3, images=8, base=base)
+    assert [r["value"] for r in first["rows"]] == [0, 0.5]
+    for r in first["rows"]:
+        assert r["accuracy"] > 0.8 and 0 < r["gini"] < 1 and r["localisation_ci95"][0] <= r["localisation"]
+    for name in ("scores_vs_lam.png", "maps_vs_lam.png", "summary.json", "lambda0.5/localisation.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    monkeypatch.setattr("codanet.train.train", lambda *a, **k: pytest.fail("a finished model was trained again"))
+    again = study.run("lam", [0, 0.5], str(tmp_path), epochs=1, grids=3, images=8, base=base)
+    assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
+    with pytest.raises(ValueError, match="unknown study"):
+        study.run("rank", [1], str(tmp_path))

@@ -60,17 +60,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("evaluate", help="accuracy (default), localisation or pixel-removal of a checkpoint",
-                       usage="codanet evaluate [accuracy|localisation|pixel-removal] CHECKPOINT [options]")
+    e = sub.add_parser("evaluate", help="accuracy (default), localisation, pixel-removal or the sanity check "
+                       "(cascading randomisation) of a checkpoint",
+                       usage="codanet evaluate [accuracy|localisation|pixel-removal|sanity] CHECKPOINT [options]")
     e.add_argument("what", nargs="+", metavar="[METRIC] CHECKPOINT")
     e.add_argument("--data-dir", default=None, help="override the dataset folder")
     e.add_argument("--dataset", default=None, help="evaluate on another (compatible) dataset")
     e.add_argument("--json", help="write the result here (a PNG figure is written beside it)")
     e.add_argument("--methods", default=None,
-                   help="comma-separated: CoDA,Grad,IxG,IntGrad,DeepLIFT,GradCAM,Occ5,Occ9,RISE,LIME")
+                   help="comma-separated: CoDA,Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM,Occ5,Occ9,RISE,LIME, "
+                   "or 'all' (default: all but RISE, LIME and AbsGrad)")
     e.add_argument("--grids", type=int, default=100, help="localisation: number of grids")
     e.add_argument("--grid-size", type=int, default=3, help="localisation: grid size n (n x n images)")
-    e.add_argument("--images", type=int, default=256, help="pixel removal: number of test images")
+    e.add_argument("--selection", default="most_confident", choices=("most_confident", "random"),
+                   help="localisation: grid images from the most confident (the paper's protocol) or drawn at "
+                   "random among the correctly and confidently classified")
+    e.add_argument("--images", type=int, default=256, help="pixel removal, sanity: number of test images")
     e.add_argument("--steps", type=int, default=128, help="pixel removal: removal steps up to 25 %%")
     e.add_argument("--most-first", action="store_true", help="pixel removal: most important first")
     e.add_argument("--seed", type=int, default=0)
@@ -94,14 +99,20 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     xd.add_argument("--epochs-single", type=int, default=20)
     xd.add_argument("--epochs-deep", type=int, default=4)
     xd.add_argument("--seed", type=int, default=0)
-    xt = xsub.add_parser("temperature", help="Fig. 4 / Fig. 6 right: train coda_cpu at several T, "
-                                            "localisation and pixel removal against T")
-    xt.add_argument("--out", default="runs/demo/temperature")
-    xt.add_argument("--temperatures", default="49,250,1000")
-    xt.add_argument("--epochs", type=int, default=4, help="training epochs per model (a fixed amount of work)")
-    xt.add_argument("--grids", type=int, default=50)
-    xt.add_argument("--images", type=int, default=256)
-    xt.add_argument("--data-dir", default=None)
+    studies = dict(temperature=("Fig. 4 / Fig. 6 right: train coda_cpu at several temperatures T",
+                                "49,100,250,500,1000,2500"),
+                   lam=("train coda_cpu at several lambda of eq. 10 (at --temperature)", "0,0.1,0.25,0.5,1"))
+    for setting, (text, values) in studies.items():
+        xt = xsub.add_parser(setting, help=text + "; accuracy, localisation (95 %% CI), pixel removal and Gini of "
+                             "each model. Finished models are skipped, an interrupted one resumes")
+        xt.add_argument("--out", default=f"runs/demo/{setting}", help="folder (codanet report runs/demo shows it)")
+        xt.add_argument("--values", default=values, help=f"comma-separated values (default {values})")
+        xt.add_argument("--epochs", type=int, default=4, help="training epochs per model (a fixed amount of work)")
+        xt.add_argument("--grids", type=int, default=250)
+        xt.add_argument("--images", type=int, default=256)
+        xt.add_argument("--data-dir", default=None)
+        if setting == "lam":
+            xt.add_argument("--temperature", type=float, default=500.0, help="T of every model of the study")
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
@@ -168,7 +179,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    kinds = ("accuracy", "localisation", "pixel-removal")
+    kinds = ("accuracy", "localisation", "pixel-removal", "sanity")
     if len(args.what) == 1:
         kind, checkpoint = "accuracy", args.what[0]
     elif len(args.what) == 2 and args.what[0] in kinds:
@@ -211,7 +222,7 @@ def check_output_file(path: str) -> None:
 
 
 def _evaluate_metric(kind, args) -> int:
-    from .evaluate.runner import format_table, run
+    from .evaluate.runner import ALL_METHODS, format_sanity_table, format_table, run, run_sanity
     for name, high in EVALUATE_BOUNDS.items():
         if not 1 <= getattr(args, name) <= high:
             raise UsageError(f"--{name.replace('_', '-')} must lie in [1, {high:,}], got {getattr(args, name)}")
@@ -220,9 +231,18 @@ def _evaluate_metric(kind, args) -> int:
     if args.json:
         check_output_file(args.json)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if methods == ["all"]:
+        methods = list(ALL_METHODS)
+    if kind == "sanity":
+        summary = run_sanity(args.checkpoint, methods, images=args.images, out=args.json, seed=args.seed,
+                             device=args.device, dataset=args.dataset, data_dir=args.data_dir)
+        print(format_sanity_table(summary))
+        if args.json:
+            print(f"wrote {args.json} and {', '.join(summary['figures'])}")
+        return 0
     summary = run(kind, args.checkpoint, methods, grid_size=args.grid_size, grids=args.grids, images=args.images,
                   steps=args.steps, most_first=args.most_first, dataset=args.dataset, data_dir=args.data_dir,
-                  out=args.json, seed=args.seed, device=args.device)
+                  out=args.json, seed=args.seed, device=args.device, selection=args.selection)
     if os.environ.get("RANK", "0") != "0":       # under torchrun, rank 0 reports
         return 0
     print(format_table(summary))
@@ -303,16 +323,21 @@ def _experiment(args) -> int:
                   f"vs misclassified {r['cos_w_input_misclassified']:.3f}; cos(w_label, clean) {r['cos_w_clean']:.3f} "
                   f"vs cos(w_label, noise) {r['cos_w_noise']:.3f}")
         return 0
-    if args.experiment == "temperature":
-        from .experiments import temperature
+    if args.experiment in ("temperature", "lam"):
+        from .experiments import study
         try:
-            temps = [float(t) for t in args.temperatures.split(",")]
+            values = [float(t) for t in args.values.split(",")]
         except ValueError:
-            raise UsageError(f"--temperatures expects comma-separated numbers, got {args.temperatures!r}") from None
-        if not temps or min(temps) <= 0 or args.epochs < 1:
-            raise UsageError("temperatures and --epochs must be positive")
-        result = temperature.run(temps, args.out, args.epochs, args.grids, args.images, args.data_dir)
-        print(temperature.format_table(result))
+            raise UsageError(f"--values expects comma-separated numbers, got {args.values!r}") from None
+        low = 0 if args.experiment == "lam" else 1e-12
+        if not values or min(values) < low or args.epochs < 1 or args.grids < 1 or args.images < 1:
+            raise UsageError(f"--values must be {'>= 0' if low == 0 else 'positive'}; --epochs, --grids and "
+                             "--images positive")
+        base = {"data_dir": args.data_dir} if args.data_dir else {}
+        if args.experiment == "lam":
+            base["temperature"] = args.temperature
+        result = study.run(args.experiment, values, args.out, args.epochs, args.grids, args.images, base)
+        print(study.format_table(result))
         return 0
     return 2
 

@@ -4,7 +4,7 @@ Sections: accuracy; contribution maps (paper Fig. 2 layout); a Fig. 8-style comp
 per row, one attribution method per column, red positive / blue negative); a Fig. 7-style 2x2
 multi-image grid with the contribution map for each of its classes; localisation bars and
 pixel-removal curves (from `codanet evaluate ... --json RUN_DIR/eval/<metric>.json`); the
-temperature study when RUN_DIR/temperature/ exists; the cost of each method.
+T and lambda studies when RUN_DIR/temperature/ or RUN_DIR/lam/ exist; the cost of each method.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def _table(rows, header) -> str:
 
 def build_report(run_dir: str, num_compare: int = 6, methods: list[str] | None = None) -> str:
     """Write RUN_DIR/report.html: accuracy, contribution maps, the methods compared, the metrics
-    found in RUN_DIR/eval/, the temperature study and the cost per method; returns its path."""
+    found in RUN_DIR/eval/, the T and lambda studies and the cost per method; returns its path."""
     from .evaluate.runner import checkpoint_test_split
     summary_path = os.path.join(run_dir, "summary.json")
     model_path = os.path.join(run_dir, "model.safetensors")
@@ -95,7 +95,7 @@ def build_report(run_dir: str, num_compare: int = 6, methods: list[str] | None =
     parts = [f"<h1>CoDA-Net report: {html.escape(run_dir)}</h1>", _headline(model, test.name, summary)]
     parts += _figures(model, test, run_dir, num_compare, methods or COMPARE_METHODS)
     metric_parts, costs = _metrics(os.path.join(run_dir, "eval"))
-    parts += metric_parts + _temperature(os.path.join(run_dir, "temperature"))
+    parts += metric_parts + _studies(run_dir)
     if costs:
         parts += ["<h2>Cost per method</h2>", _table(
             [(m, f"{c['ms_per_image']:.1f}", c["evaluations_per_image"]) for m, c in costs.items()],
@@ -146,37 +146,67 @@ def _figures(model: CoDANet, test: Dataset, run_dir: str, num_compare: int, meth
     return parts
 
 
+TITLES = {"localisation": "Localisation (eq. 11)", "pixel-removal": "Pixel removal", "sanity": "Sanity check"}
+
+
 def _metrics(eval_dir: str) -> tuple[list[str], dict]:
-    """Tables and figures of eval/localisation.json and eval/pixel_removal.json; the methods' costs."""
+    """Tables and figures of every evaluation in eval/*.json (`codanet evaluate ... --json`),
+    with 95 % intervals where measured; the methods' costs."""
     parts: list[str] = []
     costs: dict = {}
-    for key, title in (("localisation", "Localisation (eq. 11)"), ("pixel_removal", "Pixel removal")):
-        js = os.path.join(eval_dir, key + ".json")
-        if not os.path.isfile(js):
-            continue
+    files = sorted(f for f in os.listdir(eval_dir) if f.endswith(".json")) if os.path.isdir(eval_dir) else []
+    for name in files:
+        js = os.path.join(eval_dir, name)
         with open(js) as f:
             ev = json.load(f)
+        if ev.get("kind") not in TITLES:
+            continue
         costs.update(ev.get("cost", {}))
-        parts.append(f"<h2>{title}</h2>")
-        if key == "localisation":
-            rows = [(m, f"{r['mean']:.3f}", f"{r['std']:.3f}") for m, r in ev["results"].items()]
-            parts.append(_table(rows, ["method", "mean", "std"]))
-            coda = ev["results"].get("CoDA")
-            if coda:
-                parts.append("<p>Per class (CoDA): " + ", ".join(
-                    f"{html.escape(k)} {v:.2f}" for k, v in coda["per_class"].items()) + "</p>")
-        else:
-            rows = [(m, f"{r['area']:.3f}", f"{r['final']:.3f}") for m, r in ev["results"].items()]
-            parts.append(_table(rows, ["method", "area (mean prob.)", "prob. after 25 % removed"]))
-        png = os.path.splitext(js)[0] + ".png"
-        if os.path.isfile(png):
-            parts.append(_img_tag(png, "60%"))
+        detail = ev.get("selection") or ("most important first" if _first(ev).get("most_first") else "")
+        parts.append(f"<h2>{TITLES[ev['kind']]} <small>({html.escape(name)}{', ' + detail if detail else ''}; "
+                     f"weights sha256 {str(ev.get('sha256') or '?')[:12]})</small></h2>")
+        parts.append(_metric_table(ev))
+        coda = ev["results"].get("CoDA") if ev["kind"] == "localisation" else None
+        if coda:
+            parts.append("<p>Per class (CoDA): " + ", ".join(
+                f"{html.escape(k)} {v:.2f}" for k, v in coda["per_class"].items()) + "</p>")
+        for png in (os.path.splitext(js)[0] + ".png", os.path.splitext(js)[0] + "_maps.png"):
+            if os.path.isfile(png):
+                parts.append(_img_tag(png, "60%"))
     return parts, costs
 
 
-def _temperature(temp_dir: str) -> list[str]:
-    pngs = sorted(f for f in os.listdir(temp_dir) if f.endswith(".png")) if os.path.isdir(temp_dir) else []
-    if not pngs:
-        return []
-    return (["<h2>Temperature study (paper Fig. 4 and Fig. 6, right)</h2>"]
-            + [_img_tag(os.path.join(temp_dir, p), "80%") for p in pngs])
+def _first(ev: dict) -> dict:
+    return next(iter(ev.get("results", {}).values()), {})
+
+
+def _metric_table(ev: dict) -> str:
+    """One evaluation as a table: value [95 % CI], difference to CoDA [95 % CI] (bold where the
+    interval excludes 0); the sanity check's Spearman correlations."""
+    def ci(c):
+        return f" [{c[0]:.3f}, {c[1]:.3f}]" if c else ""
+
+    if ev["kind"] == "sanity":
+        rows = [(m, ", ".join(f"{v:.2f}" for v in s["spearman"]), "yes" if s["passes"] else "no")
+                for m, s in ev["scores"].items()]
+        header = f"Spearman with the trained map, 0..{ev['depths'][-1]} layers re-drawn"
+        return _table(rows, ["method", header, "passes"])
+    key = "mean" if ev["kind"] == "localisation" else "area"
+    rows = []
+    for m, r in ev["results"].items():
+        d = r.get("difference_to_CoDA")
+        diff = f"{d['mean']:+.3f}{ci(d['ci95'])}{' *' if d['significant'] else ''}" if d else "—"
+        rows.append((m, f"{r[key]:.3f}{ci(r.get('ci95'))}", diff))
+    return _table(rows, ["method", f"{key} [95 % CI]", "minus CoDA [95 % CI] (* interval excludes 0)"])
+
+
+def _studies(run_dir: str) -> list[str]:
+    """The figures of the T and lambda studies found in RUN_DIR/temperature and RUN_DIR/lam."""
+    parts = []
+    for folder, title in (("temperature", "Temperature study (paper Fig. 4 and Fig. 6, right)"),
+                          ("lam", "Lambda study (eq. 10)")):
+        d = os.path.join(run_dir, folder)
+        pngs = sorted(f for f in os.listdir(d) if f.endswith(".png")) if os.path.isdir(d) else []
+        if pngs:
+            parts += [f"<h2>{title}</h2>"] + [_img_tag(os.path.join(d, p), "80%") for p in pngs]
+    return parts

@@ -7,15 +7,12 @@ uniform: 1/n^2.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from ..explain.baselines import Attribution
-from ..models import CoDANet
-from ..train.distributed import Context
 
 if TYPE_CHECKING:
     from ..explain.baselines import Attribution
@@ -45,13 +42,25 @@ def confident_images(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
     return out
 
 
-def make_grids(pools: dict, n: int, grids: int, seed: int = 0) -> list[list[tuple[int, int]]]:
-    """`grids` grids of n*n (class, image index) cells (n: the grid size); classes distinct within a grid, drawn
-    at random (seeded); each class's images used in order of decreasing logit, cycling."""
+SELECTIONS = ("most_confident", "random")
+
+
+def make_grids(pools: dict, n: int, grids: int, seed: int = 0,
+               selection: str = "most_confident") -> list[list[tuple[int, int]]]:
+    """`grids` grids of n*n (class, image index) cells (n: the grid size); classes distinct within a
+    grid, drawn at random (seeded).  selection="most_confident" (the paper's protocol) uses each
+    class's images in order of decreasing logit, cycling; "random" in a seeded random order of
+    the same pool (correctly and confidently classified images).  The classes per grid do not
+    depend on `selection`."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown grid selection {selection!r}; use one of {', '.join(SELECTIONS)}")
     classes = sorted(pools)
     if n * n > len(classes):
         raise ValueError(f"a {n}x{n} grid needs {n * n} distinct classes, but only {len(classes)} classes "
                          "have confidently and correctly classified test images")
+    if selection == "random":
+        order = np.random.RandomState(seed + 1)
+        pools = {c: [pools[c][i] for i in order.permutation(len(pools[c]))] for c in classes}
     rng = np.random.RandomState(seed)
     used = {c: 0 for c in classes}
     out = []
@@ -101,19 +110,27 @@ def grid_scores(method: Attribution, images: torch.Tensor, grids, n: int, progre
 
 def localisation(model: CoDANet, method: Attribution, images: torch.Tensor, labels: torch.Tensor,
                  grid_size: int = 3, grids: int = 500, seed: int = 0, class_names: list[str] | None = None,
-                 progress: bool = True, grid_cells: list | None = None, ctx: Context | None = None) -> dict:
+                 progress: bool = True, grid_cells: list | None = None, ctx: Context | None = None,
+                 selection: str = "most_confident") -> dict:
     """Score one attribution method on `grids` grids of grid_size x grid_size images (or on the
-    given `grid_cells`, from `make_grids`); returns mean, std, per-class means and all scores.
+    given `grid_cells`, from `make_grids`); returns mean, std, per-class means, all scores
+    (`scores`, cell by cell) and their means per grid (`grid_means`, the bootstrap's units), and
+    the cost: model evaluations and seconds per grid (one sweep when the method offers
+    `attribute_all_classes`, n*n attribution passes otherwise).
 
     With a distributed `ctx` (torchrun), every rank scores grids[rank::world] and the scores are
     gathered, so each rank returns the same result as one process would."""
     n = grid_size
     grids_ = grid_cells if grid_cells is not None else make_grids(confident_images(model, images, labels), n,
-                                                                   grids, seed)
+                                                                   grids, seed, selection)
+    start = time.perf_counter()
     if ctx is not None and ctx.active:
-        per_grid = ctx.unshard(ctx.gather(grid_scores(method, images, ctx.shard(grids_), n, progress)))
+        mine = ctx.shard(grids_)
+        per_grid = ctx.unshard(ctx.gather(grid_scores(method, images, mine, n, progress)))
+        seconds = ctx.sum([time.perf_counter() - start])[0] / max(1, len(grids_))
     else:
         per_grid = grid_scores(method, images, grids_, n, progress)
+        seconds = (time.perf_counter() - start) / max(1, len(grids_))
     scores = [s for row in per_grid for s in row]
     classes = [c for cells in grids_ for c, _ in cells]
     scores_np, classes_np = np.array(scores), np.array(classes)
@@ -121,5 +138,7 @@ def localisation(model: CoDANet, method: Attribution, images: torch.Tensor, labe
     for c in sorted(set(classes)):
         name = class_names[c] if class_names else str(c)
         per_class[name] = float(scores_np[classes_np == c].mean())
+    sweeps = 1 if hasattr(method, "attribute_all_classes") else n * n
     return dict(mean=float(scores_np.mean()), std=float(scores_np.std()), grid_size=n, grids=len(grids_),
-                per_class=per_class, scores=scores)
+                per_class=per_class, scores=scores, grid_means=[float(np.mean(row)) for row in per_grid],
+                seconds_per_grid=seconds, evaluations_per_grid=sweeps * getattr(method, "evaluations_per_image", 1))

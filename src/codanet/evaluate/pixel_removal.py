@@ -35,29 +35,37 @@ def removal_counts(num_pixels: int, fraction: float = 0.25, steps: int = 128) ->
 
 
 @torch.no_grad()
-def probability_curve(model: CoDANet, images: torch.Tensor, targets: torch.Tensor, order: torch.Tensor,
-                      counts, batch_size: int = 512) -> torch.Tensor:
-    """Mean target probability after removing order[:, :k] for every k in counts -> (len(counts),)."""
+def probability_curves(model: CoDANet, images: torch.Tensor, targets: torch.Tensor, order: torch.Tensor,
+                       counts, batch_size: int = 512) -> torch.Tensor:
+    """Target probability of every image after removing order[:, :k] for every k in counts
+    -> (N, len(counts))."""
     enc = encode(images)
     n, _, h, w = enc.shape
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(h * w, device=order.device).expand(n, -1))   # position -> rank
-    curve = []
+    curves = []
     for k in counts:
         keep = (ranks >= k).view(n, 1, h, w).to(enc.dtype)
         probs = []
         for s in range(0, n, batch_size):
             logits = model.forward_encoded(enc[s:s + batch_size] * keep[s:s + batch_size])
             probs.append(torch.sigmoid(logits.gather(1, targets[s:s + batch_size, None])[:, 0]))
-        curve.append(torch.cat(probs).mean())
-    return torch.stack(curve)
+        curves.append(torch.cat(probs))
+    return torch.stack(curves, 1)
+
+
+def probability_curve(model: CoDANet, images: torch.Tensor, targets: torch.Tensor, order: torch.Tensor,
+                      counts, batch_size: int = 512) -> torch.Tensor:
+    """Mean target probability after removing order[:, :k] for every k in counts -> (len(counts),)."""
+    return probability_curves(model, images, targets, order, counts, batch_size).mean(0)
 
 
 def pixel_removal(model: CoDANet, method: Attribution, images: torch.Tensor, labels: torch.Tensor,
                   fraction: float = 0.25,
                   steps: int = 128, most_first: bool = False, batch_size: int = 64, progress: bool = True,
                   ctx: Context | None = None) -> dict:
-    """Curve and area for one method on `images` with targets = true labels.
+    """Curve and area for one method on `images` with targets = true labels, and every image's
+    own area (`areas`, the bootstrap's units, in the order of `images`).
 
     With a distributed `ctx` (torchrun), every rank takes images[rank::world] and the curves are
     averaged over all images, so each rank returns what one process would (up to float rounding)."""
@@ -70,12 +78,13 @@ def pixel_removal(model: CoDANet, method: Attribution, images: torch.Tensor, lab
                   disable=not progress, leave=False):
         maps.append(method.attribute(images[s:s + batch_size], target=labels[s:s + batch_size]))
     if maps:
-        order = removal_order(torch.cat(maps), most_first)
-        curve = probability_curve(model, images, labels, order, counts)
+        curves = probability_curves(model, images, labels, removal_order(torch.cat(maps), most_first), counts)
     else:                                     # more ranks than images
-        curve = torch.zeros(len(counts))
+        curves = torch.zeros(0, len(counts))
+    rows = curves.double().cpu().tolist()
     if ctx is not None and ctx.active:
-        total = ctx.sum([float(len(images))])[0]
-        curve = torch.tensor(ctx.sum((curve.double() * len(images)).tolist())) / total
+        rows = ctx.unshard(ctx.gather(rows))
+    curve = torch.tensor(rows, dtype=torch.float64).mean(0)
     return dict(fractions=[c / num_pixels for c in counts], curve=curve.tolist(),
-                area=float(curve.mean()), final=float(curve[-1]), most_first=most_first)
+                area=float(curve.mean()), final=float(curve[-1]), most_first=most_first,
+                areas=[sum(r) / len(r) for r in rows])

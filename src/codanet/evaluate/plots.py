@@ -7,13 +7,18 @@ from ..explain.plot import new_figure, save_figure
 
 
 def plot_localisation(results: dict, path: str, title: str = "") -> str:
-    """Bar per method: mean localisation with a +-1 std error bar; dashed line: uniform 1/n^2."""
+    """Bar per method: mean localisation with its 95 % bootstrap interval (+-1 std where no
+    interval was computed); dashed line: uniform 1/n^2."""
     names = list(results)
     means = [results[m]["mean"] for m in names]
-    stds = [results[m]["std"] for m in names]
+    if all("ci95" in results[m] for m in names):
+        errors = [[mu - results[m]["ci95"][0] for m, mu in zip(names, means)],
+                  [results[m]["ci95"][1] - mu for m, mu in zip(names, means)]]
+    else:
+        errors = [[results[m]["std"] for m in names]] * 2
     fig, ax = new_figure(figsize=(1 + 0.75 * len(names), 3.2))
     colors = ["tab:red" if m == "CoDA" else "tab:gray" for m in names]
-    ax.bar(names, means, yerr=stds, color=colors, capsize=3)
+    ax.bar(names, means, yerr=errors, color=colors, capsize=3)
     n = results[names[0]]["grid_size"]
     ax.axhline(1 / n ** 2, ls="--", color="k", lw=0.8, label=f"uniform (1/{n * n})")
     ax.set_ylim(0, 1)

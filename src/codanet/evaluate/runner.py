@@ -10,10 +10,12 @@ import torch
 from ..data import dataset_options, load_dataset, make_batch
 from ..data.datasets import Dataset
 from ..explain.baselines import make_methods
+from ..models.pretrained import resolve_weights, sha256_of
 from ..train import distributed
 from ..train.checkpoint import load_model
 from ..train.setup import select_device
 from ..utils.io import write_json
+from .intervals import with_intervals
 from .localisation import confident_images, localisation, make_grids
 from .pixel_removal import pixel_removal
 from .plots import plot_localisation, plot_pixel_removal
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from ..models import CoDANet
 
 FAST_METHODS = ["CoDA", "Grad", "IxG", "IntGrad", "DeepLIFT", "GradCAM", "Occ5", "Occ9"]
+ALL_METHODS = ["CoDA", "Grad", "AbsGrad", "IxG", "IntGrad", "DeepLIFT", "GradCAM", "Occ5", "Occ9", "RISE", "LIME"]
 
 
 def checkpoint_test_split(checkpoint: str, dataset: str | None = None, data_dir: str | None = None,
@@ -58,6 +61,13 @@ def load_for_evaluation(checkpoint: str, dataset: str | None = None, data_dir: s
     return model, images, test.labels[:n].to(device), test
 
 
+def checkpoint_sha256(checkpoint: str) -> str | None:
+    """sha256 of the weights file a checkpoint argument names (None for a folder): every number
+    names the weights it was measured on."""
+    path = resolve_weights(checkpoint)
+    return sha256_of(path) if os.path.isfile(path) else None
+
+
 def method_cost(method: Attribution, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Milliseconds per image for one attribution of `images`."""
     t = time.perf_counter()
@@ -68,8 +78,12 @@ def method_cost(method: Attribution, images: torch.Tensor, labels: torch.Tensor)
 def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size: int = 3, grids: int = 100,
         images: int = 256, steps: int = 128, most_first: bool = False, dataset: str | None = None,
         data_dir: str | None = None, out: str | None = None, seed: int = 0,
-        progress: bool = True, method_options: dict | None = None, device: str = "auto") -> dict:
-    """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given.
+        progress: bool = True, method_options: dict | None = None, device: str = "auto",
+        selection: str = "most_confident") -> dict:
+    """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given.  Every
+    method gets a 95 % bootstrap interval of its mean and of its paired difference to CoDA
+    (`intervals.with_intervals`).  `selection`: how localisation grids pick their images
+    (`make_grids`).
 
     Under torchrun (`torchrun --nproc_per_node=N -m codanet evaluate ...`) the grids / images are
     sharded over the ranks and the results gathered; rank 0 writes the files.  `device`: auto
@@ -89,24 +103,29 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     attributions = make_methods(model, methods or FAST_METHODS, all_images.shape[-1], **(method_options or {}))
     results, costs = {}, {}
     if kind == "localisation":
-        grid_cells = make_grids(confident_images(model, all_images, all_labels, ctx=ctx), n, grids, seed)
+        grid_cells = make_grids(confident_images(model, all_images, all_labels, ctx=ctx), n, grids, seed, selection)
         for name, m in attributions.items():
             results[name] = localisation(model, m, all_images, all_labels, n, grids, seed, test.classes,
                                          progress, grid_cells=grid_cells, ctx=ctx)
             results[name].pop("scores")
+        units = {name: r["grid_means"] for name, r in results.items()}
     elif kind == "pixel-removal":
         x, y = all_images[:images], all_labels[:images]
         for name, m in attributions.items():
             results[name] = pixel_removal(model, m, x, y, steps=steps, most_first=most_first,
                                           progress=progress, ctx=ctx)
+        units = {name: r["areas"] for name, r in results.items()}
     else:
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
+    for name, extra in with_intervals(units, seed=seed).items():
+        results[name].update({k: v for k, v in extra.items() if k != "mean"})
     probe_x, probe_y = all_images[:4], all_labels[:4]
     for name, m in attributions.items():
         costs[name] = dict(ms_per_image=method_cost(m, probe_x, probe_y),
                            evaluations_per_image=m.evaluations_per_image)
-    summary = dict(kind=kind, checkpoint=checkpoint, dataset=test.name, results=results, cost=costs,
-                   temperature=model.temperature, model=model.name, processes=ctx.world)
+    summary = dict(kind=kind, checkpoint=checkpoint, sha256=checkpoint_sha256(checkpoint), dataset=test.name,
+                   results=results, cost=costs, temperature=model.temperature, model=model.name,
+                   processes=ctx.world, selection=selection if kind == "localisation" else None)
     if out and ctx.main:
         write_json(out, summary)
         png = os.path.splitext(out)[0] + ".png"
@@ -119,13 +138,62 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     return summary
 
 
-def format_table(summary: dict) -> str:
-    kind = summary["kind"]
-    head = "| method | localisation mean ± std |" if kind == "localisation" else "| method | area | prob. at 25 % |"
-    lines = [head + " ms / image | evaluations / image |", "|---" * (head.count("|") + 1) + "|"]
-    for name, r in summary["results"].items():
-        c = summary["cost"][name]
-        stat = (f"{r['mean']:.3f} ± {r['std']:.3f}" if kind == "localisation"
-                else f"{r['area']:.3f} | {r['final']:.3f}")
-        lines.append(f"| {name} | {stat} | {c['ms_per_image']:.1f} | {c['evaluations_per_image']} |")
+def run_sanity(checkpoint: str, methods: list[str] | None = None, images: int = 64, out: str | None = None,
+               seed: int = 0, progress: bool = True, device: str = "auto", method_options: dict | None = None,
+               dataset: str | None = None, data_dir: str | None = None) -> dict:
+    """Cascading randomisation (`sanity.cascading_randomisation`) on the first `images` test
+    images; writes JSON and two figures (maps, scores) beside `out` when given."""
+    from .sanity import cascading_randomisation, plot_sanity_maps, plot_sanity_scores
+    model, x, y, test = load_for_evaluation(checkpoint, dataset, data_dir, images, select_device(device))
+    result = cascading_randomisation(model, methods or FAST_METHODS, x, y, seed, method_options, progress)
+    maps = result.pop("maps")
+    summary = dict(kind="sanity", checkpoint=checkpoint, sha256=checkpoint_sha256(checkpoint), dataset=test.name,
+                   images=len(x), model=model.name, **result)
+    if out:
+        write_json(out, summary)
+        stem = os.path.splitext(out)[0]
+        summary["figures"] = [plot_sanity_maps({**result, "maps": maps}, x.cpu(), stem + "_maps.png"),
+                              plot_sanity_scores(result, stem + ".png", f"{model.name} on {test.name}: "
+                                                 "cascading randomisation")]
+    return summary
+
+
+def format_sanity_table(summary: dict) -> str:
+    """Markdown: Spearman / SSIM with the trained model's map after 1, half and all layers re-drawn."""
+    depths = summary["depths"]
+    picks = sorted({1, len(depths) // 2, depths[-1]})
+    head = "| method | " + " | ".join(f"top {k}: Spearman / SSIM" for k in picks) + " | passes |"
+    lines = [head, "|---" * (len(picks) + 2) + "|"]
+    for name, s in summary["scores"].items():
+        cells = " | ".join(f"{s['spearman'][k]:.2f} / {s['ssim'][k]:.2f}" for k in picks)
+        lines.append(f"| {name} | {cells} | {'yes' if s['passes'] else 'no'} |")
     return "\n".join(lines)
+
+
+def format_table(summary: dict) -> str:
+    """Markdown table: each method's mean [95 % interval], its difference to CoDA [interval]
+    (bold where the interval excludes 0), and its cost."""
+    kind = summary["kind"]
+    stat = "localisation" if kind == "localisation" else "area"
+    head = f"| method | {stat} [95 % CI] | − CoDA [95 % CI] |"
+    head += " std | s / grid | evaluations / grid |" if kind == "localisation" else " prob. at 25 % | ms / image |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for name, r in summary["results"].items():
+        value = r["mean"] if kind == "localisation" else r["area"]
+        row = f"| {name} | {value:.3f} {_interval(r.get('ci95'))} | "
+        diff = r.get("difference_to_CoDA")
+        if diff:
+            text = f"{diff['mean']:+.3f} {_interval(diff['ci95'])}"
+            row += f"**{text}** |" if diff["significant"] else f"{text} |"
+        else:
+            row += "— |"
+        if kind == "localisation":
+            row += f" {r['std']:.3f} | {r['seconds_per_grid']:.2f} | {r['evaluations_per_grid']} |"
+        else:
+            row += f" {r['final']:.3f} | {summary['cost'][name]['ms_per_image']:.1f} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""

@@ -84,11 +84,18 @@ class CoDA(Attribution):
 
 
 class Grad(Attribution):
-    name = "Grad"
+    """The gradient of the logit w.r.t. the image, summed over colour channels: signed ("Grad",
+    our default) or its absolute value ("AbsGrad", Captum's Saliency default and Simonyan et
+    al.'s saliency map; docs/evaluation.md compares the two)."""
+
+    def __init__(self, model, absolute: bool = False):
+        super().__init__(model)
+        self.absolute = absolute
+        self.name = "AbsGrad" if absolute else "Grad"
 
     def _attribute(self, x, target):
         from captum.attr import Saliency
-        return Saliency(_Raw(self.model)).attribute(x, target=target, abs=False).sum(1)
+        return Saliency(_Raw(self.model)).attribute(x, target=target, abs=self.absolute).sum(1)
 
 
 class InputXGradient(Attribution):
@@ -255,51 +262,102 @@ class RISE(Attribution):
 
 
 class LIME(Attribution):
-    """Captum LIME over quickshift superpixels (kernel 1, max_dist 200, ratio 0.2), 256 samples;
-    only the top-3 positive superpixels keep their weight (the paper's setting)."""
+    """LIME (Ribeiro et al. 2016) over quickshift superpixels (kernel 1, max_dist 200, ratio 0.2):
+    `samples` (256) random on/off patterns of the superpixels (each on with p = 1/2, the same
+    seeded patterns for every image and class; "off" zeroes the encoded input), weighted by
+    exp(-d^2 / 2) with d the cosine distance to the image, and a Lasso (alpha 0.01) fitted to
+    the logit; only the top-3 positive superpixels keep their weight (the paper's setting).
+    Per class through Captum's `Lime`; `attribute_all_classes` fits all K logits to one sweep."""
 
     name = "LIME"
 
     def __init__(self, model, samples: int = 256, kernel_size: int = 1, max_dist: float = 200,
-                 ratio: float = 0.2, top: int = 3, batch_size: int = 256):
+                 ratio: float = 0.2, top: int = 3, batch_size: int = 256, alpha: float = 0.01, seed: int = 0):
         super().__init__(model)
         self.samples, self.kernel_size, self.max_dist, self.ratio = samples, kernel_size, max_dist, ratio
-        self.top, self.batch = top, batch_size
+        self.top, self.batch, self.alpha, self.seed = top, batch_size, alpha, seed
         self.evaluations_per_image = samples
 
     def superpixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Quickshift segments of one image (C, H, W) -> (H, W) integer labels."""
+        """Quickshift segments of one image (C, H, W) -> (H, W) integer labels 0..F-1."""
         from skimage.segmentation import quickshift
-        img = x.permute(1, 2, 0).double().numpy()
+        img = x.detach().permute(1, 2, 0).double().cpu().numpy()
         if img.shape[2] == 1:
             img = img.repeat(3, 2)
         seg = quickshift(img, kernel_size=self.kernel_size, max_dist=self.max_dist, ratio=self.ratio,
                          convert2lab=True)
-        return torch.from_numpy(seg).long()
+        return torch.from_numpy(seg).long().to(x.device)
+
+    def patterns(self, features: int) -> torch.Tensor:
+        """(samples, F) 0/1 patterns: which superpixels each perturbed input keeps (seeded)."""
+        g = torch.Generator().manual_seed(self.seed)
+        return (torch.rand(self.samples, features, generator=g) < 0.5).long()
+
+    @staticmethod
+    def kernel(original: torch.Tensor, perturbed: torch.Tensor) -> float:
+        """exp(-d^2 / 2), d = 1 - cos(original, perturbed): Captum's default LIME kernel, computed
+        the same way (float32 cosine, double exp) so that both paths weigh samples identically."""
+        d = 1 - torch.nn.CosineSimilarity(dim=0)(original.flatten().float(), perturbed.flatten().float())
+        return math.exp(-1 * (d ** 2) / 2)
+
+    def keep_top(self, weights: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        """(F,) superpixel weights -> (H, W) map: the `top` largest positive weights, 0 elsewhere."""
+        keep = weights.argsort(descending=True)[:self.top]
+        keep = keep[weights[keep] > 0]
+        return torch.where(torch.isin(seg, keep.to(seg.device)), weights.to(seg.device)[seg], 0.0)
 
     def _attribute(self, x, target):
         from captum.attr import Lime
-        lime = Lime(_Encoded(self.model))
         enc = encode(x)
-        out = torch.zeros(len(x), *x.shape[2:])
+        out = torch.zeros(len(x), *x.shape[2:], device=x.device, dtype=enc.dtype)
         for i in range(len(x)):
-            seg = self.superpixels(x[i].cpu())
-            mask = seg[None, None].expand(1, enc.shape[1], *seg.shape).to(x.device)
+            seg = self.superpixels(x[i])
+            z = self.patterns(int(seg.max()) + 1).to(x.device)
+            mask = seg[None, None].expand(1, enc.shape[1], *seg.shape)
             with torch.no_grad():
-                a = lime.attribute(enc[i:i + 1], target=int(target[i]), baselines=0, feature_mask=mask,
-                                   n_samples=self.samples, perturbations_per_eval=self.batch)[0, 0]
-            weights = torch.stack([a[seg == s][0] for s in range(int(seg.max()) + 1)])
-            keep = weights.argsort(descending=True)[:self.top]
-            keep = keep[weights[keep] > 0]
-            out[i] = torch.where(torch.isin(seg, keep.cpu()), a.cpu(), torch.zeros(()))
-        return out.to(x.device)
+                a = Lime(_Encoded(self.model), perturb_func=_replay(z)).attribute(
+                    enc[i:i + 1], target=int(target[i]), baselines=0, feature_mask=mask,
+                    n_samples=self.samples, perturbations_per_eval=self.batch)[0, 0]
+            weights = torch.stack([a[seg == s][0] for s in range(len(z[0]))])
+            out[i] = self.keep_top(weights, seg)
+        return out
+
+    @torch.no_grad()
+    def attribute_all_classes(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The maps of every class, (N, K, H, W), from one sweep of `samples` perturbed inputs:
+        the same patterns and weights as `attribute`, one Lasso per class's logit (sklearn fits
+        the K columns independently, in float32 as Captum does)."""
+        from sklearn.linear_model import Lasso
+        check_images(inputs, self.model.in_channels)
+        enc = encode(inputs)                                                  # (N, 2C, H, W)
+        out = []
+        for i in range(len(inputs)):
+            seg = self.superpixels(inputs[i])                                 # (H, W) in 0..F-1
+            z = self.patterns(int(seg.max()) + 1).to(inputs.device)           # (S, F)
+            perturbed = enc[i] * z[:, seg][:, None].to(enc.dtype)             # (S, 2C, H, W)
+            logits = torch.cat([self.model.forward_encoded(perturbed[s:s + self.batch])
+                                for s in range(0, len(z), self.batch)])       # (S, K)
+            similarity = torch.tensor([self.kernel(enc[i], p) for p in perturbed])     # (S,)
+            fit = Lasso(alpha=self.alpha).fit(z.float().cpu().numpy(), logits.float().cpu().numpy(),
+                                              sample_weight=similarity.cpu().numpy())
+            coef = torch.from_numpy(fit.coef_).reshape(logits.shape[1], -1)   # (K, F)
+            out.append(torch.stack([self.keep_top(w, seg) for w in coef]))
+        return torch.stack(out).to(enc.dtype)
+
+
+def _replay(patterns: torch.Tensor):
+    """A Captum perturbation generator that yields our seeded patterns, one (1, F) row at a time."""
+    def perturb(_inputs, **_kwargs):
+        yield from (row[None] for row in patterns)
+    return perturb
 
 
 def default_methods(input_size: int) -> dict:
     """name -> (class, default keyword arguments) with the paper's parameters."""
     small, large, stride = occlusion_defaults(input_size)
     return {
-        "CoDA": (CoDA, {}), "Grad": (Grad, {}), "IxG": (InputXGradient, {}), "IntGrad": (IntegratedGradients, {}),
+        "CoDA": (CoDA, {}), "Grad": (Grad, {}), "AbsGrad": (Grad, dict(absolute=True)),
+        "IxG": (InputXGradient, {}), "IntGrad": (IntegratedGradients, {}),
         "DeepLIFT": (DeepLift, {}), "GradCAM": (GradCAM, {}),
         f"Occ{small}": (Occlusion, dict(patch=small, stride=stride)),
         f"Occ{large}": (Occlusion, dict(patch=large, stride=stride)),
@@ -308,7 +366,7 @@ def default_methods(input_size: int) -> dict:
 
 
 def make_methods(model: CoDANet, names, input_size: int, **overrides) -> dict:
-    """Instantiate methods by name ('CoDA', 'Grad', 'IxG', 'IntGrad', 'DeepLIFT', 'GradCAM',
+    """Instantiate methods by name ('CoDA', 'Grad', 'AbsGrad', 'IxG', 'IntGrad', 'DeepLIFT', 'GradCAM',
     'Occ<k>', 'RISE', 'LIME'); `overrides[name]` holds keyword arguments for one method."""
     known = default_methods(input_size)
     out = {}

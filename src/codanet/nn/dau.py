@@ -49,12 +49,21 @@ class _DAUBase(nn.Module):
             raise ValueError(f"out units and rank must be >= 1, got {out_units} and {rank}")
         self.nonlinearity = check_nonlinearity(nonlinearity)
         self.rank = rank
-        d = math.prod(patch)
-        # Init: z = Bx has variance ~||x||^2/d per entry and u = Az has ||u|| ~ ||x||,
-        # so the SQ units start in their sensitive range (alpha*||u|| ~ 1/2 for ||x|| ~ 1).
-        self.B = nn.Parameter(torch.randn(rank, *patch) / math.sqrt(d))
-        self.A_T = nn.Parameter(torch.randn(out_units, rank, *patch) / math.sqrt(rank))
-        self.b = nn.Parameter(torch.zeros(out_units, *patch)) if bias else None
+        self.B = nn.Parameter(torch.empty(rank, *patch))
+        self.A_T = nn.Parameter(torch.empty(out_units, rank, *patch))
+        self.b = nn.Parameter(torch.empty(out_units, *patch)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random initial weights (as on `nn.Conv2d`; the sanity check re-draws layers with it).
+        z = Bx has variance ~||x||^2/d per entry and u = Az has ||u|| ~ ||x||, so the SQ units
+        start in their sensitive range (alpha*||u|| ~ 1/2 for ||x|| ~ 1); b starts at 0."""
+        d, r = self.B[0].numel(), self.rank
+        with torch.no_grad():
+            self.B.copy_(torch.randn(self.B.shape, generator=generator) / math.sqrt(d))
+            self.A_T.copy_(torch.randn(self.A_T.shape, generator=generator) / math.sqrt(r))
+            if self.b is not None:
+                self.b.zero_()
 
     # -- to be defined by subclasses ---------------------------------------------------
     def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""The paper's central comparison on the shipped models, resumable (docs/paper-vs-codanet.md).
+
+    .venv/bin/python scripts/comparison.py [--weights coda_cpu:fashion_mnist,coda_cpu:mnist_5k]
+        [--parts localisation,removal,sanity] [--methods all] [--grids 250] [--images 1000]
+        [--out runs/comparison]
+
+For every weights: localisation on `--grids` 3x3 grids under both selection protocols (most
+confident, random), pixel removal in both orders at 128 steps over `--images` test images, and the
+cascading-randomisation sanity check; each as OUT/<weights>/<part>.json + .png (the runner's files)
+and every table, with 95 % intervals, in OUT/tables.md.  A part whose JSON exists is skipped, so
+the script can be stopped and run again until everything is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from codanet.evaluate.runner import ALL_METHODS, FAST_METHODS, format_sanity_table, format_table, run, run_sanity
+from codanet.utils.io import write_text
+
+PARTS = {
+    "localisation": [("localisation_most_confident", dict(selection="most_confident")),
+                     ("localisation_random", dict(selection="random"))],
+    "removal": [("removal_least_first", dict(most_first=False)), ("removal_most_first", dict(most_first=True))],
+    "sanity": [("sanity", {})],
+}
+
+
+def measure(weights: str, part: str, name: str, options: dict, args, out: str) -> dict:
+    methods = args.methods.split(",") if args.methods != "all" else list(ALL_METHODS)
+    if part == "sanity":
+        return run_sanity(weights, [m for m in methods if m in FAST_METHODS or m == "AbsGrad"],
+                          images=args.sanity_images, out=out)
+    if part == "localisation":
+        return run("localisation", weights, methods, grids=args.grids, out=out, **options)
+    return run("pixel-removal", weights, methods, images=args.images, steps=128, out=out, **options)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default="coda_cpu:fashion_mnist,coda_cpu:mnist_5k")
+    p.add_argument("--parts", default="localisation,removal,sanity")
+    p.add_argument("--methods", default="all")
+    p.add_argument("--grids", type=int, default=250)
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--sanity-images", type=int, default=64)
+    p.add_argument("--out", default="runs/comparison")
+    args = p.parse_args()
+    tables = []
+    for weights in args.weights.split(","):
+        for part in args.parts.split(","):
+            for name, options in PARTS[part]:
+                out = os.path.join(args.out, weights.replace(":", "-"), name + ".json")
+                if os.path.isfile(out):
+                    with open(out) as f:
+                        summary = json.load(f)
+                else:
+                    summary = measure(weights, part, name, options, args, out)
+                table = format_sanity_table(summary) if part == "sanity" else format_table(summary)
+                tables += [f"## {weights}: {name.replace('_', ' ')} (sha256 {summary['sha256'][:12]})", "", table, ""]
+                print("\n".join(tables[-4:]), flush=True)
+    write_text(os.path.join(args.out, "tables.md"), "\n".join(tables))
+
+
+if __name__ == "__main__":
+    main()
