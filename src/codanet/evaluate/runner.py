@@ -94,12 +94,7 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     model, all_images, all_labels, test = load_for_evaluation(
         checkpoint, dataset, data_dir, max_images=images if kind == "pixel-removal" else None, device=ctx.device)
     n = grid_size
-    if kind == "localisation" and n * n > model.num_classes:
-        raise ValueError(f"a {n}x{n} grid needs {n * n} distinct classes; {checkpoint} has {model.num_classes} "
-                         f"(use --grid-size {int(model.num_classes ** 0.5)} or less)")
-    if kind == "pixel-removal" and steps > all_images.shape[-1] * all_images.shape[-2]:
-        raise ValueError(f"--steps {steps} is more than the {all_images.shape[-1] * all_images.shape[-2]} "
-                         "pixels of an image")
+    _check_sizes(kind, checkpoint, model, all_images, n, steps)
     attributions = make_methods(model, methods or FAST_METHODS, all_images.shape[-1], **(method_options or {}))
     results, costs = {}, {}
     if kind == "localisation":
@@ -129,13 +124,19 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     if out and ctx.main:
         write_json(out, summary)
         png = os.path.splitext(out)[0] + ".png"
-        title = f"{model.name} T={model.temperature:g} on {test.name}"
-        if kind == "localisation":
-            plot_localisation(results, png, title)
-        else:
-            plot_pixel_removal(results, png, title)
-        summary["figure"] = png
+        plot = plot_localisation if kind == "localisation" else plot_pixel_removal
+        summary["figure"] = plot(results, png, f"{model.name} T={model.temperature:g} on {test.name}")
     return summary
+
+
+def _check_sizes(kind: str, checkpoint: str, model: CoDANet, images: torch.Tensor, n: int, steps: int) -> None:
+    """ValueError before any work when the grid or the removal steps cannot fit."""
+    if kind == "localisation" and n * n > model.num_classes:
+        raise ValueError(f"a {n}x{n} grid needs {n * n} distinct classes; {checkpoint} has {model.num_classes} "
+                         f"(use --grid-size {int(model.num_classes ** 0.5)} or less)")
+    if kind == "pixel-removal" and steps > images.shape[-1] * images.shape[-2]:
+        raise ValueError(f"--steps {steps} is more than the {images.shape[-1] * images.shape[-2]} "
+                         "pixels of an image")
 
 
 def run_sanity(checkpoint: str, methods: list[str] | None = None, images: int = 64, out: str | None = None,
