@@ -306,3 +306,50 @@ def test_evaluate_commands_report_intervals_cost_and_the_sanity_check(tmp_path, 
     result = json.loads(sanity.read_text())
     assert result["depths"] == list(range(10)) and result["scores"]["CoDA"]["spearman"][0] == pytest.approx(1.0)
     assert (tmp_path / "sanity.png").stat().st_size > 0 and (tmp_path / "sanity_maps.png").stat().st_size > 0
+
+
+def test_checkerboard_index_of_known_maps():
+    """0 for an even coverage of the P x P pixel phases, sqrt(P^2 - 1) when one phase holds all the
+    mass, scale-free, and small for smooth content (a wide blob)."""
+    from codanet.evaluate.checkerboard import checkerboard_index, phase_means
+    maps = torch.zeros(3, 8, 8)
+    maps[0, ::2, ::2] = -2.0                        # one phase of four: |.| is what counts
+    maps[1] = 1.0
+    assert torch.allclose(checkerboard_index(maps, 2), torch.tensor([3 ** 0.5, 0.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(checkerboard_index(5 * maps, 2), checkerboard_index(maps, 2))
+    assert phase_means(maps, 2)[0].tolist() == [[2.0, 0.0], [0.0, 0.0]]
+    y, x = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    blob = torch.exp(-((x - 14) ** 2 + (y - 13) ** 2) / 72)[None]
+    assert checkerboard_index(blob, 4).item() < 0.01
+    with pytest.raises(ValueError, match="period"):
+        checkerboard_index(maps, 9)
+
+
+def _tiny_resnet():
+    from codanet.bench.resnet import ResNet56
+    from codanet.models.posthoc import PlainClassifier
+    torch.manual_seed(0)
+    net = ResNet56(num_classes=4, in_channels=1, depth=8).double().eval()        # one block per stage
+    return PlainClassifier(net, in_channels=1, num_classes=4, cam_layer="blocks.2", name="resnet8")
+
+
+def test_post_hoc_methods_explain_an_ordinary_network_as_they_explain_a_coda_net():
+    """The ResNet baseline: the gradient methods see d logit / d x of the plain network, a removed
+    pixel is 0 for it, and every method (one sweep for all classes included) runs unchanged."""
+    model = _tiny_resnet()
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64, requires_grad=True)
+    grad = torch.autograd.grad(model.net(x)[:, 2].sum(), x)[0]
+    x = x.detach()
+    m = make_methods(model, ALL[1:] + ["AbsGrad"], 12, RISE={"masks": 40}, LIME={"samples": 20})
+    assert torch.allclose(m["Grad"].attribute(x, 2), grad.sum(1))
+    assert torch.allclose(m["IxG"].attribute(x, 2), (grad * x).sum(1))
+    keep = (torch.rand(2, 1, 12, 12) > 0.3).double()
+    from codanet.models import encode
+    assert torch.allclose(model.forward_encoded(encode(x) * keep), model.net(x * keep))
+    for name, method in m.items():
+        assert method.attribute(x, target=[1, 3]).shape == (2, 12, 12), name
+    every = m["Occ5"].attribute_all_classes(x)
+    for k in range(4):
+        assert torch.allclose(every[:, k], m["Occ5"].attribute(x, target=k).double(), atol=1e-6)
+    with pytest.raises(ValueError, match=r"target must lie in \[0, 3\]"):
+        m["Grad"].attribute(x, target=4)

@@ -1,5 +1,7 @@
 """ResNet-56 in the standard CIFAR layout (He et al. 2016, sec. 4.2): 3 stages x 9 basic blocks,
-16/32/64 channels, option-A (zero-padding) shortcuts.  Only for the speed comparison."""
+16/32/64 channels, option-A (zero-padding) shortcuts.  The speed comparison's reference and, as
+`codanet.models.posthoc.resnet56`, the post-hoc baseline of the paper's supplement.  Each ReLU is
+its own module, so Captum's DeepLIFT applies its rescale rule to every one."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -13,16 +15,17 @@ class _Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
         self.pad = c_out - c_in
         self.stride = stride
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         short = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
         if self.pad:
             short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return F.relu(out + short)
+        return self.relu2(out + short)
 
 
 class ResNet56(nn.Module):

@@ -92,10 +92,15 @@ def cell_scores(attribution: torch.Tensor, n: int) -> torch.Tensor:
                        torch.zeros_like(per_cell))
 
 
+def _all_classes(method: Attribution):
+    """The method's one-sweep `attribute_all_classes`, or None: then a grid costs n*n passes."""
+    return getattr(method, "attribute_all_classes", None)
+
+
 def grid_scores(method: Attribution, images: torch.Tensor, grids, n: int, progress: bool = True) -> list[list[float]]:
     """For each grid, the localisation score s_c of every cell's class c (row-major)."""
     out = []
-    all_classes = getattr(method, "attribute_all_classes", None)
+    all_classes = _all_classes(method)
     for cells in tqdm(grids, desc=f"localisation {getattr(method, 'name', '')}", disable=not progress, leave=False):
         targets = torch.tensor([c for c, _ in cells])
         if all_classes is not None:        # one pass (one perturbation sweep) serves every cell's class
@@ -138,7 +143,7 @@ def localisation(model: CoDANet, method: Attribution, images: torch.Tensor, labe
     for c in sorted(set(classes)):
         name = class_names[c] if class_names else str(c)
         per_class[name] = float(scores_np[classes_np == c].mean())
-    sweeps = 1 if hasattr(method, "attribute_all_classes") else n * n
+    sweeps = 1 if _all_classes(method) is not None else n * n
     return dict(mean=float(scores_np.mean()), std=float(scores_np.std()), grid_size=n, grids=len(grids_),
                 per_class=per_class, scores=scores, grid_means=[float(np.mean(row)) for row in per_grid],
                 seconds_per_grid=seconds, evaluations_per_grid=sweeps * getattr(method, "evaluations_per_image", 1))

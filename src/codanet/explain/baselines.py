@@ -136,14 +136,16 @@ class DeepLift(Attribution):
 
 
 class GradCAM(Attribution):
-    """GradCAM on the last DAU layer, positive part, nearest upsampling to the input size."""
+    """GradCAM on the last DAU layer (a PlainClassifier's `cam_layer`), positive part, nearest
+    upsampling to the input size."""
 
     name = "GradCAM"
 
     def _attribute(self, x, target):
         from captum.attr import LayerAttribution, LayerGradCam
         wrapped = _Raw(self.model)
-        cam = LayerGradCam(wrapped, wrapped.model.layers[-1]).attribute(x, target=target, relu_attributions=True)
+        layer = getattr(self.model, "cam_layer", None) or self.model.layers[-1]
+        cam = LayerGradCam(wrapped, layer).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="nearest")[:, 0]
 
 

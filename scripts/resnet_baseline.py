@@ -1,0 +1,167 @@
+"""The post-hoc baseline of the paper's supplement: are a CoDA-Net's own contributions better than
+the best post-hoc explanation of an ordinary ResNet of similar accuracy?  (docs/evaluation.md)
+
+    .venv/bin/python scripts/resnet_baseline.py [--weights coda_cpu:fashion_mnist] [--epochs 4]
+        [--methods Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM] [--grids 250] [--images 1000]
+        [--out runs/resnet_baseline]
+
+1. Trains ResNet-56 (CIFAR layout, codanet.models.posthoc.resnet56) on the CoDA model's data set
+   with the binary cross-entropy a CoDA-Net is trained with (so both models' logits are read as
+   sigmoid probabilities by every metric), Adam, lr 1e-3 decaying linearly to 2 %, batch 64,
+   crop-and-flip.  Resumable: weights, optimiser and history are written after every epoch
+   (atomically); an interrupted epoch is run again.
+2. Localisation on grids that both models classify correctly and confidently (the same grids for
+   both, so the differences are paired), under both selection protocols: CoDA's contributions on
+   the CoDA-Net against every post-hoc method on the ResNet.
+3. Pixel removal (both orders, 128 steps) on the same test images, each model's own probability.
+
+Writes OUT/resnet56.safetensors, OUT/training.json, OUT/<part>.json and OUT/tables.md; a part
+whose JSON exists is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from codanet.data.augment import make_batch
+from codanet.evaluate.intervals import with_intervals
+from codanet.evaluate.localisation import confident_images, localisation, make_grids
+from codanet.evaluate.pixel_removal import pixel_removal
+from codanet.evaluate.runner import checkpoint_sha256, format_table, load_for_evaluation, method_cost
+from codanet.explain.baselines import CoDA, make_methods
+from codanet.models.posthoc import PlainClassifier, resnet56
+from codanet.train.config import make_config
+from codanet.train.setup import evaluate_accuracy, load_splits
+from codanet.utils.io import atomic_path, write_json, write_text
+
+
+def _save(model: PlainClassifier, optimizer, history: list, out: str) -> None:
+    from safetensors.torch import save_file
+    with atomic_path(os.path.join(out, "resnet56.safetensors")) as tmp:
+        save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, tmp)
+    with atomic_path(os.path.join(out, "optimizer.pt")) as tmp:
+        torch.save(optimizer.state_dict(), tmp)
+    write_json(os.path.join(out, "training.json"), dict(epochs_done=len(history), history=history))
+
+
+def _restore(model: PlainClassifier, optimizer, out: str) -> list:
+    """The history of the finished epochs (empty: start afresh), weights and optimiser restored."""
+    path = os.path.join(out, "training.json")
+    if not os.path.isfile(path):
+        return []
+    from safetensors.torch import load_file
+    model.net.load_state_dict(load_file(os.path.join(out, "resnet56.safetensors")))
+    optimizer.load_state_dict(torch.load(os.path.join(out, "optimizer.pt"), weights_only=True))
+    with open(path) as f:
+        return json.load(f)["history"]
+
+
+def train_resnet(dataset: str, epochs: int, out: str, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
+                 max_train_images: int | None = None) -> PlainClassifier:
+    train_set, test_set = load_splits(make_config(dict(dataset=dataset, max_train_images=max_train_images)))
+    torch.manual_seed(seed)
+    model = resnet56(train_set.num_classes, train_set.channels)
+    model.class_names = list(train_set.classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = _restore(model, optimizer, out)
+    steps = len(train_set) // batch_size
+    for epoch in range(len(history), epochs):
+        model.train()
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+        for step in tqdm(range(steps), desc=f"ResNet-56 epoch {epoch + 1}/{epochs}"):
+            for group in optimizer.param_groups:        # linear decay to 2 % at the last step
+                group["lr"] = lr * (1 - 0.98 * (epoch + step / steps) / epochs)
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            g = torch.Generator().manual_seed(seed * 1000003 + epoch * 100_003 + step)
+            x = make_batch(train_set, idx, "crop_flip", g, crop_padding=2)                 # (B, C, H, W)
+            y = F.one_hot(train_set.labels[idx], train_set.num_classes).float()        # (B, K)
+            loss = F.binary_cross_entropy_with_logits(model.net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        history.append(dict(epoch=epoch + 1, **{f"test_{k}": v for k, v in evaluate_accuracy(model, test_set).items()}))
+        print(f"epoch {epoch + 1}: test top-1 {history[-1]['test_top1']:.2%}", flush=True)
+        _save(model, optimizer, history, out)
+    return model.eval()
+
+
+def joint_pools(a: dict, b: dict) -> dict:
+    """Per class, the images both models classify correctly and confidently, ordered by the sum of
+    their confidence ranks in the two models (the most confident for both first)."""
+    out = {}
+    for c in set(a) & set(b):
+        rank_a, rank_b = {i: r for r, i in enumerate(a[c])}, {i: r for r, i in enumerate(b[c])}
+        both = [i for i in a[c] if i in rank_b]
+        if both:
+            out[c] = sorted(both, key=lambda i: rank_a[i] + rank_b[i])
+    return out
+
+
+def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **options) -> dict:
+    """One table: CoDA's contributions on the CoDA-Net, every post-hoc method on the ResNet, scored
+    on the same grids / images (paired intervals of the difference to CoDA)."""
+    entries = {"CoDA": (coda, CoDA(coda)), **{name: (resnet, m) for name, m in methods.items()}}
+    results = {}
+    if kind == "localisation":
+        pools = joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
+        cells = make_grids(pools, 3, args.grids, 0, options["selection"])
+        for name, (model, method) in entries.items():
+            results[name] = localisation(model, method, images, labels, 3, args.grids, grid_cells=cells)
+            results[name].pop("scores")
+        units = {name: r["grid_means"] for name, r in results.items()}
+    else:
+        x, y = images[:args.images], labels[:args.images]
+        for name, (model, method) in entries.items():
+            results[name] = pixel_removal(model, method, x, y, steps=128, most_first=options["most_first"])
+        units = {name: r["areas"] for name, r in results.items()}
+    for name, extra in with_intervals(units).items():
+        results[name].update({k: v for k, v in extra.items() if k != "mean"})
+    cost = {name: dict(ms_per_image=method_cost(m, images[:4], labels[:4])) for name, (_, m) in entries.items()}
+    return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
+                cost=cost, models=dict(CoDA=coda.name, others="resnet56"), **options)
+
+
+PARTS = [("localisation_most_confident", "localisation", dict(selection="most_confident")),
+         ("localisation_random", "localisation", dict(selection="random")),
+         ("removal_least_first", "pixel-removal", dict(most_first=False)),
+         ("removal_most_first", "pixel-removal", dict(most_first=True))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default="coda_cpu:fashion_mnist")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--methods", default="Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM")
+    p.add_argument("--parts", default=",".join(name for name, _, _ in PARTS))
+    p.add_argument("--grids", type=int, default=250)
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--max-train-images", type=int, default=None, help="a quick check on fewer images")
+    p.add_argument("--out", default="runs/resnet_baseline")
+    args = p.parse_args()
+    coda, images, labels, test = load_for_evaluation(args.weights)
+    resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
+    methods = make_methods(resnet, args.methods.split(","), images.shape[-1])
+    tables = []
+    for name, kind, options in PARTS:
+        if name not in args.parts.split(","):
+            continue
+        path = os.path.join(args.out, name + ".json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                summary = json.load(f)
+        else:
+            summary = compare(kind, coda, resnet, methods, images, labels, args, **options)
+            write_json(path, summary)
+        tables.append(f"## {name} (CoDA: {args.weights}, sha256 {str(summary['sha256'])[:12]}; others: ResNet-56)\n\n"
+                      + format_table(summary))
+    write_text(os.path.join(args.out, "tables.md"), "\n\n".join(tables) + "\n")
+    print("\n\n".join(tables))
+
+
+if __name__ == "__main__":
+    main()
