@@ -353,3 +353,6 @@ def test_post_hoc_methods_explain_an_ordinary_network_as_they_explain_a_coda_net
         assert torch.allclose(every[:, k], m["Occ5"].attribute(x, target=k).double(), atol=1e-6)
     with pytest.raises(ValueError, match=r"target must lie in \[0, 3\]"):
         m["Grad"].attribute(x, target=4)
+    from codanet.models.posthoc import PlainClassifier
+    with pytest.raises(ValueError, match="cam_layer 'blocks.7' is not a submodule"):
+        PlainClassifier(model.net, in_channels=1, num_classes=4, cam_layer="blocks.7")

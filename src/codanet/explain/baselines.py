@@ -144,7 +144,7 @@ class GradCAM(Attribution):
     def _attribute(self, x, target):
         from captum.attr import LayerAttribution, LayerGradCam
         wrapped = _Raw(self.model)
-        layer = getattr(self.model, "cam_layer", None) or self.model.layers[-1]
+        layer = self.model.cam_layer if hasattr(self.model, "cam_layer") else self.model.layers[-1]
         cam = LayerGradCam(wrapped, layer).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="nearest")[:, 0]
 

@@ -25,7 +25,10 @@ class PlainClassifier(nn.Module):
                  name: str = "plain"):
         super().__init__()
         self.net, self.cam_layer_name = net, cam_layer
-        net.get_submodule(cam_layer)                                 # AttributeError now, not later
+        try:
+            net.get_submodule(cam_layer)
+        except AttributeError as e:
+            raise ValueError(f"cam_layer {cam_layer!r} is not a submodule of the network: {e}") from None
         self.in_channels, self.num_classes, self.name = in_channels, num_classes, name
         self.class_names: list[str] | None = None
 
