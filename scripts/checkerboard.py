@@ -58,13 +58,14 @@ def measure(folder: str, images: torch.Tensor, labels: torch.Tensor, grids: int)
     period = math.prod(model.arch["strides"])
     maps = contributions(model, images)
     index = checkerboard_index(maps, period).tolist()
+    phases = phase_means(maps, period)                                   # (N, P, P)
     loc = localisation(model, CoDA(model), images, labels, grids=grids)
     return dict(test_top1=summary["history"][-1]["test_top1"], train_seconds=summary.get("train_seconds"),
                 kernel_sizes=model.arch["kernel_sizes"], strides=model.arch["strides"], period=period,
                 checkerboard_index=float(torch.tensor(index).mean()), checkerboard_ci95=bootstrap_interval(index),
                 images_index=float(checkerboard_index(images[:, 0], period).mean()),
                 localisation=loc["mean"], localisation_ci95=bootstrap_interval(loc["grid_means"]),
-                phase_means=(phase_means(maps, period).mean(0) / phase_means(maps, period).mean()).tolist(),
+                phase_means=(phases.mean(0) / phases.mean()).tolist(),
                 maps=maps[:6])
 
 

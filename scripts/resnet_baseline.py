@@ -29,14 +29,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codanet.data.augment import make_batch
-from codanet.evaluate.intervals import with_intervals
 from codanet.evaluate.localisation import confident_images, localisation, make_grids
 from codanet.evaluate.pixel_removal import pixel_removal
-from codanet.evaluate.runner import checkpoint_sha256, format_table, load_for_evaluation, method_cost
+from codanet.evaluate.runner import add_intervals, checkpoint_sha256, format_table, load_for_evaluation, method_cost
 from codanet.explain.baselines import CoDA, make_methods
 from codanet.models.posthoc import PlainClassifier, resnet56
 from codanet.train.config import make_config
-from codanet.train.setup import evaluate_accuracy, load_splits
+from codanet.train.setup import evaluate_accuracy, learning_rate, load_splits
 from codanet.utils.io import atomic_path, write_json, write_text
 
 
@@ -70,12 +69,13 @@ def train_resnet(dataset: str, epochs: int, out: str, lr: float = 1e-3, batch_si
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = _restore(model, optimizer, out)
     steps = len(train_set) // batch_size
+    schedule = dict(lr=lr, schedule="linear", epochs=epochs, final_lr_fraction=0.02)
     for epoch in range(len(history), epochs):
         model.train()
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
         for step in tqdm(range(steps), desc=f"ResNet-56 epoch {epoch + 1}/{epochs}"):
             for group in optimizer.param_groups:        # linear decay to 2 % at the last step
-                group["lr"] = lr * (1 - 0.98 * (epoch + step / steps) / epochs)
+                group["lr"] = learning_rate(schedule, epoch + step / steps)
             idx = order[step * batch_size:(step + 1) * batch_size]
             g = torch.Generator().manual_seed(seed * 1000003 + epoch * 100_003 + step)
             x = make_batch(train_set, idx, "crop_flip", g, crop_padding=2)                 # (B, C, H, W)
@@ -119,8 +119,7 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
         for name, (model, method) in entries.items():
             results[name] = pixel_removal(model, method, x, y, steps=128, most_first=options["most_first"])
         units = {name: r["areas"] for name, r in results.items()}
-    for name, extra in with_intervals(units).items():
-        results[name].update({k: v for k, v in extra.items() if k != "mean"})
+    add_intervals(results, units)
     cost = {name: dict(ms_per_image=method_cost(m, images[:4], labels[:4])) for name, (_, m) in entries.items()}
     return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
                 cost=cost, models=dict(CoDA=coda.name, others="resnet56"), **options)

@@ -112,8 +112,7 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
         units = {name: r["areas"] for name, r in results.items()}
     else:
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
-    for name, extra in with_intervals(units, seed=seed).items():
-        results[name].update({k: v for k, v in extra.items() if k != "mean"})
+    add_intervals(results, units, seed)
     probe_x, probe_y = all_images[:4], all_labels[:4]
     for name, m in attributions.items():
         costs[name] = dict(ms_per_image=method_cost(m, probe_x, probe_y),
@@ -127,6 +126,12 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
         plot = plot_localisation if kind == "localisation" else plot_pixel_removal
         summary["figure"] = plot(results, png, f"{model.name} T={model.temperature:g} on {test.name}")
     return summary
+
+
+def add_intervals(results: dict, units: dict[str, list[float]], seed: int = 0) -> None:
+    """Give every method's result its 95 % interval and paired difference to CoDA (in place)."""
+    for name, extra in with_intervals(units, seed=seed).items():
+        results[name].update({k: v for k, v in extra.items() if k != "mean"})
 
 
 def _check_sizes(kind: str, checkpoint: str, model: CoDANet, images: torch.Tensor, n: int, steps: int) -> None:
