@@ -63,7 +63,6 @@ def measure(folder: str, images: torch.Tensor, labels: torch.Tensor, grids: int)
     return dict(test_top1=summary["history"][-1]["test_top1"], train_seconds=summary.get("train_seconds"),
                 kernel_sizes=model.arch["kernel_sizes"], strides=model.arch["strides"], period=period,
                 checkerboard_index=float(torch.tensor(index).mean()), checkerboard_ci95=bootstrap_interval(index),
-                images_index=float(checkerboard_index(images[:, 0], period).mean()),
                 localisation=loc["mean"], localisation_ci95=bootstrap_interval(loc["grid_means"]),
                 phase_means=(phases.mean(0) / phases.mean()).tolist(),
                 maps=maps[:6])
@@ -84,12 +83,13 @@ def figure(results: dict, images: torch.Tensor, path: str) -> None:
         axes[i, 6].set_title(f"index {r['checkerboard_index']:.2f}", fontsize=8)
         axes[i, 6].set_xticks([]), axes[i, 6].set_yticks([])
     fig.colorbar(im, ax=axes[1:, 6], fraction=0.08, label="mean |c| per phase / mean")
+    period = next(iter(results.values()))["period"]
     fig.suptitle("Input contributions of the predicted class (red +, blue -) and their mean |c| per pixel "
-                 "phase (i mod 4, j mod 4)", fontsize=9)
+                 f"phase (i mod {period}, j mod {period})", fontsize=9)
     save_figure(fig, path)
 
 
-def table(results: dict) -> str:
+def table(results: dict, images_index: float) -> str:
     rows = ["| model | kernels at stride 2 | test top-1 | checkerboard index [95 % CI] | localisation [95 % CI] |",
             "|---|---|---|---|---|"]
     for name, r in results.items():
@@ -97,8 +97,7 @@ def table(results: dict) -> str:
         rows.append(f"| {name} | {k} | {r['test_top1']:.2%} | {r['checkerboard_index']:.3f} "
                     f"[{r['checkerboard_ci95'][0]:.3f}, {r['checkerboard_ci95'][1]:.3f}] | {r['localisation']:.3f} "
                     f"[{r['localisation_ci95'][0]:.3f}, {r['localisation_ci95'][1]:.3f}] |")
-    first = next(iter(results.values()))
-    rows.append(f"\nThe test images themselves have index {first['images_index']:.3f} (content alone).")
+    rows.append(f"\nThe test images themselves have index {images_index:.3f} (content alone).")
     return "\n".join(rows) + "\n"
 
 
@@ -115,11 +114,14 @@ def main() -> None:
     _, images, labels, _ = load_for_evaluation(os.path.join(folders["coda_cpu"], "model.safetensors"),
                                                max_images=args.images)
     results = {name: measure(folder, images, labels, args.grids) for name, folder in folders.items()}
+    period = next(iter(results.values()))["period"]                  # both presets: 28 -> 14 -> 7
+    images_index = float(checkerboard_index(images[:, 0], period).mean())
     figure(results, images, os.path.join(args.out, "checkerboard.png"))
-    write_text(os.path.join(args.out, "checkerboard.md"), table(results))
+    write_text(os.path.join(args.out, "checkerboard.md"), table(results, images_index))
     write_json(os.path.join(args.out, "checkerboard.json"),
-               {name: {k: v for k, v in r.items() if k != "maps"} for name, r in results.items()})
-    print(table(results))
+               {"images_index": images_index,
+                **{name: {k: v for k, v in r.items() if k != "maps"} for name, r in results.items()}})
+    print(table(results, images_index))
 
 
 if __name__ == "__main__":
