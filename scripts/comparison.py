@@ -13,11 +13,11 @@ the script can be stopped and run again until everything is measured.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from functools import partial
 
 from codanet.evaluate.runner import ALL_METHODS, FAST_METHODS, format_sanity_table, format_table, run, run_sanity
-from codanet.utils.io import write_text
+from codanet.utils.io import resume_json, write_text
 
 PARTS = {
     "localisation": [("localisation_most_confident", dict(selection="most_confident")),
@@ -52,11 +52,7 @@ def main() -> None:
         for part in args.parts.split(","):
             for name, options in PARTS[part]:
                 out = os.path.join(args.out, weights.replace(":", "-"), name + ".json")
-                if os.path.isfile(out):
-                    with open(out) as f:
-                        summary = json.load(f)
-                else:
-                    summary = measure(weights, part, name, options, args, out)
+                summary = resume_json(out, partial(measure, weights, part, name, options, args, out))
                 table = format_sanity_table(summary) if part == "sanity" else format_table(summary)
                 tables += [f"## {weights}: {name.replace('_', ' ')} (sha256 {summary['sha256'][:12]})", "", table, ""]
                 print("\n".join(tables[-4:]), flush=True)

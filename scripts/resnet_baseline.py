@@ -23,20 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from codanet.data.augment import make_batch
-from codanet.evaluate.localisation import confident_images, localisation, make_grids
-from codanet.evaluate.pixel_removal import pixel_removal
-from codanet.evaluate.runner import add_intervals, checkpoint_sha256, format_table, load_for_evaluation, method_cost
+from codanet.evaluate.localisation import confident_images, make_grids
+from codanet.evaluate.runner import checkpoint_sha256, format_table, load_for_evaluation, method_cost, score
 from codanet.explain.baselines import CoDA, make_methods
 from codanet.models.posthoc import PlainClassifier, resnet56
 from codanet.train.config import make_config
 from codanet.train.setup import evaluate_accuracy, learning_rate, load_splits
-from codanet.utils.io import atomic_path, write_json, write_text
+from codanet.utils.io import atomic_path, resume_json, write_json, write_text
 
 
 def _save(model: PlainClassifier, optimizer, history: list, out: str) -> None:
@@ -106,20 +106,12 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
     """One table: CoDA's contributions on the CoDA-Net, every post-hoc method on the ResNet, scored
     on the same grids / images (paired intervals of the difference to CoDA)."""
     entries = {"CoDA": (coda, CoDA(coda)), **{name: (resnet, m) for name, m in methods.items()}}
-    results = {}
     if kind == "localisation":
         pools = joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
         cells = make_grids(pools, 3, args.grids, 0, options["selection"])
-        for name, (model, method) in entries.items():
-            results[name] = localisation(model, method, images, labels, 3, args.grids, grid_cells=cells)
-            results[name].pop("scores")
-        units = {name: r["grid_means"] for name, r in results.items()}
+        results = score(kind, entries, images, labels, grid_cells=cells)
     else:
-        x, y = images[:args.images], labels[:args.images]
-        for name, (model, method) in entries.items():
-            results[name] = pixel_removal(model, method, x, y, steps=128, most_first=options["most_first"])
-        units = {name: r["areas"] for name, r in results.items()}
-    add_intervals(results, units)
+        results = score(kind, entries, images[:args.images], labels[:args.images], most_first=options["most_first"])
     cost = {name: dict(ms_per_image=method_cost(m, images[:4], labels[:4])) for name, (_, m) in entries.items()}
     return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
                 cost=cost, models=dict(CoDA=coda.name, others="resnet56"), **options)
@@ -149,13 +141,8 @@ def main() -> None:
     for name, kind, options in PARTS:
         if name not in args.parts.split(","):
             continue
-        path = os.path.join(args.out, name + ".json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                summary = json.load(f)
-        else:
-            summary = compare(kind, coda, resnet, methods, images, labels, args, **options)
-            write_json(path, summary)
+        summary = resume_json(os.path.join(args.out, name + ".json"),
+                              partial(compare, kind, coda, resnet, methods, images, labels, args, **options))
         tables.append(f"## {name} (CoDA: {args.weights}, sha256 {str(summary['sha256'])[:12]}; others: ResNet-56)\n\n"
                       + format_table(summary))
     write_text(os.path.join(args.out, "tables.md"), "\n\n".join(tables) + "\n")

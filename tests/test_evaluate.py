@@ -356,3 +356,31 @@ def test_post_hoc_methods_explain_an_ordinary_network_as_they_explain_a_coda_net
     from codanet.models.posthoc import PlainClassifier
     with pytest.raises(ValueError, match="cam_layer 'blocks.7' is not a submodule"):
         PlainClassifier(model.net, in_channels=1, num_classes=4, cam_layer="blocks.7")
+
+
+def test_scoring_pairs_each_method_with_its_own_model_on_the_same_grids():
+    """`runner.score`, as the ResNet baseline uses it: CoDA on the CoDA-Net and a method on another
+    network, scored on the same grids, so each difference to CoDA is paired grid by grid."""
+    from codanet.evaluate.runner import score
+    coda, resnet = tiny_model("coda_cpu").double(), _tiny_resnet()
+    images, labels = torch.rand(8, 1, 6, 6, dtype=torch.float64), torch.arange(8) % 4
+    grids = [[(0, 0), (1, 1), (2, 2), (3, 3)], [(0, 4), (1, 5), (2, 6), (3, 7)]]
+    grad = make_methods(resnet, ["Grad"], 12)["Grad"]
+    r = score("localisation", {"CoDA": (coda, CoDA(coda)), "Grad": (resnet, grad)}, images, labels,
+              grid_cells=grids, grid_size=2, progress=False)
+    alone = localisation(resnet, grad, images, labels, grid_size=2, progress=False, grid_cells=grids)
+    assert r["Grad"]["grid_means"] == pytest.approx(alone["grid_means"])
+    diff = [g - c for g, c in zip(r["Grad"]["grid_means"], r["CoDA"]["grid_means"])]
+    assert r["Grad"]["difference_to_CoDA"]["mean"] == pytest.approx(sum(diff) / 2)
+    removal = score("pixel-removal", {"CoDA": (coda, CoDA(coda)), "Grad": (resnet, grad)}, images, labels,
+                    steps=4, progress=False)
+    assert len(removal["Grad"]["areas"]) == 8 and "difference_to_CoDA" in removal["Grad"]
+
+
+def test_a_finished_part_of_a_study_is_read_back_not_measured_again(tmp_path):
+    from codanet.utils.io import resume_json
+    calls = []
+    path = str(tmp_path / "part.json")
+    measure = lambda: calls.append(1) or {"score": 0.5}              # noqa: E731
+    assert resume_json(path, measure) == resume_json(path, measure) == {"score": 0.5}
+    assert calls == [1]

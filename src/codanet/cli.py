@@ -110,6 +110,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         xt.add_argument("--epochs", type=int, default=4, help="training epochs per model (a fixed amount of work)")
         xt.add_argument("--grids", type=int, default=250)
         xt.add_argument("--images", type=int, default=256)
+        xt.add_argument("--dataset", default=None, help="data set of every model (default: the demo's, fashion_mnist)")
         xt.add_argument("--data-dir", default=None)
         if setting == "lam":
             xt.add_argument("--temperature", type=float, default=500.0, help="T of every model of the study")
@@ -333,7 +334,7 @@ def _experiment(args) -> int:
         if not values or min(values) < low or args.epochs < 1 or args.grids < 1 or args.images < 1:
             raise UsageError(f"--values must be {'>= 0' if low == 0 else 'positive'}; --epochs, --grids and "
                              "--images positive")
-        base = {"data_dir": args.data_dir} if args.data_dir else {}
+        base = {key: value for key, value in (("dataset", args.dataset), ("data_dir", args.data_dir)) if value}
         if args.experiment == "lam":
             base["temperature"] = args.temperature
         result = study.run(args.experiment, values, args.out, args.epochs, args.grids, args.images, base)

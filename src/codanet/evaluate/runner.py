@@ -23,6 +23,7 @@ from .plots import plot_localisation, plot_pixel_removal
 if TYPE_CHECKING:
     from ..explain.baselines import Attribution
     from ..models import CoDANet
+    from ..train.distributed import Context
 
 FAST_METHODS = ["CoDA", "Grad", "IxG", "IntGrad", "DeepLIFT", "GradCAM", "Occ5", "Occ9"]
 ALL_METHODS = ["CoDA", "Grad", "AbsGrad", "IxG", "IntGrad", "DeepLIFT", "GradCAM", "Occ5", "Occ9", "RISE", "LIME"]
@@ -96,27 +97,18 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     n = grid_size
     _check_sizes(kind, checkpoint, model, all_images, n, steps)
     attributions = make_methods(model, methods or FAST_METHODS, all_images.shape[-1], **(method_options or {}))
-    results, costs = {}, {}
     if kind == "localisation":
         grid_cells = make_grids(confident_images(model, all_images, all_labels, ctx=ctx), n, grids, seed, selection)
-        for name, m in attributions.items():
-            results[name] = localisation(model, m, all_images, all_labels, n, grids, seed, test.classes,
-                                         progress, grid_cells=grid_cells, ctx=ctx)
-            results[name].pop("scores")
-        units = {name: r["grid_means"] for name, r in results.items()}
+        x, y = all_images, all_labels
     elif kind == "pixel-removal":
-        x, y = all_images[:images], all_labels[:images]
-        for name, m in attributions.items():
-            results[name] = pixel_removal(model, m, x, y, steps=steps, most_first=most_first,
-                                          progress=progress, ctx=ctx)
-        units = {name: r["areas"] for name, r in results.items()}
+        grid_cells, x, y = None, all_images[:images], all_labels[:images]
     else:
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
-    add_intervals(results, units, seed)
-    probe_x, probe_y = all_images[:4], all_labels[:4]
-    for name, m in attributions.items():
-        costs[name] = dict(ms_per_image=method_cost(m, probe_x, probe_y),
-                           evaluations_per_image=m.evaluations_per_image)
+    entries = {name: (model, m) for name, m in attributions.items()}
+    results = score(kind, entries, x, y, grid_cells=grid_cells, grid_size=n, steps=steps, most_first=most_first,
+                    seed=seed, class_names=test.classes, progress=progress, ctx=ctx)
+    costs = {name: dict(ms_per_image=method_cost(m, all_images[:4], all_labels[:4]),
+                        evaluations_per_image=m.evaluations_per_image) for name, m in attributions.items()}
     summary = dict(kind=kind, checkpoint=checkpoint, sha256=checkpoint_sha256(checkpoint), dataset=test.name,
                    results=results, cost=costs, temperature=model.temperature, model=model.name,
                    processes=ctx.world, selection=selection if kind == "localisation" else None)
@@ -128,10 +120,29 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     return summary
 
 
-def add_intervals(results: dict, units: dict[str, list[float]], seed: int = 0) -> None:
-    """Give every method's result its 95 % interval and paired difference to CoDA (in place)."""
-    for name, extra in with_intervals(units, seed=seed).items():
+def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: torch.Tensor, labels: torch.Tensor,
+          grid_cells: list | None = None, grid_size: int = 3, steps: int = 128, most_first: bool = False,
+          seed: int = 0, class_names: list[str] | None = None, progress: bool = True,
+          ctx: Context | None = None) -> dict:
+    """Score every entry {name: (model, method)} with one metric on the same grids (localisation:
+    `grid_cells` of `images`) or the same images (pixel removal: all of `images`), so the
+    differences are paired; each result gets its 95 % interval and its difference to "CoDA"
+    (`intervals.with_intervals`).  `run` passes one model for every method; a baseline study may
+    pair each method with its own model (scripts/resnet_baseline.py)."""
+    results = {}
+    for name, (model, method) in entries.items():
+        if kind == "localisation":
+            assert grid_cells is not None
+            results[name] = localisation(model, method, images, labels, grid_size, len(grid_cells), seed, class_names,
+                                         progress, grid_cells=grid_cells, ctx=ctx)
+            results[name].pop("scores")
+        else:
+            results[name] = pixel_removal(model, method, images, labels, steps=steps, most_first=most_first,
+                                          progress=progress, ctx=ctx)
+    unit = "grid_means" if kind == "localisation" else "areas"
+    for name, extra in with_intervals({name: r[unit] for name, r in results.items()}, seed=seed).items():
         results[name].update({k: v for k, v in extra.items() if k != "mean"})
+    return results
 
 
 def _check_sizes(kind: str, checkpoint: str, model: CoDANet, images: torch.Tensor, n: int, steps: int) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 
 def _disk_full(e: OSError, path: str, tmp: str) -> OSError:
@@ -63,6 +64,17 @@ def write_text(path, text: str) -> None:
 
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def resume_json(path: str, measure: Callable[[], dict]) -> dict:
+    """One part of a resumable study: the JSON at `path` when an earlier run finished it, else
+    `measure()`, written there atomically (so a stopped study, run again, skips what is done)."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    result = measure()
+    write_json(path, result)
+    return result
 
 
 @contextlib.contextmanager
