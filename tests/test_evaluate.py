@@ -375,6 +375,10 @@ def test_scoring_pairs_each_method_with_its_own_model_on_the_same_grids():
     removal = score("pixel-removal", {"CoDA": (coda, CoDA(coda)), "Grad": (resnet, grad)}, images, labels,
                     steps=4, progress=False)
     assert len(removal["Grad"]["areas"]) == 8 and "difference_to_CoDA" in removal["Grad"]
+    with pytest.raises(ValueError, match="need the grids' cells"):
+        score("localisation", {"CoDA": (coda, CoDA(coda))}, images, labels)
+    with pytest.raises(ValueError, match="unknown evaluation 'area'"):
+        score("area", {"CoDA": (coda, CoDA(coda))}, images, labels)
 
 
 def test_a_finished_part_of_a_study_is_read_back_not_measured_again(tmp_path):

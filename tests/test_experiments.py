@@ -87,3 +87,30 @@ def test_lambda_study_trains_measures_and_skips_finished_models(tmp_path, monkey
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
     with pytest.raises(ValueError, match="unknown study"):
         study.run("rank", [1], str(tmp_path))
+
+
+def test_a_collapsed_model_is_reported_without_localisation(tmp_path, monkeypatch):
+    """A study model that classifies fewer than 9 classes confidently (lambda = 0.1 at T = 500 on
+    MNIST-5k collapsed to 7 %) has no 3x3 grids: the study records why and measures the rest."""
+    from codanet.evaluate import runner
+    from codanet.experiments import study
+    from conftest import tiny_model
+
+    def fake_run(kind, *args, **kwargs):
+        if kind == "localisation":
+            raise ValueError("a 3x3 grid needs 9 distinct classes, but only 0 classes have confident images")
+        return {"results": {"CoDA": {"area": 0.5}, "IxG": {"area": 0.4}}}
+    model = tiny_model("coda_cpu")
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(runner, "load_for_evaluation",
+                        lambda checkpoint, max_images: (model, torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2]), None))
+    row = study.measure("model.safetensors", str(tmp_path), grids=5, images=3)
+    assert row["localisation"] is None and "9 distinct classes" in row["localisation_error"]
+    assert row["removal_area"] == 0.5 and 0 <= row["gini"] < 1
+    trained = dict(localisation=0.5, localisation_ci95=[0.4, 0.6], localisation_ixg=0.1, removal_area=0.9,
+                   removal_area_ixg=0.8, gini=0.5)
+    result = dict(setting="lam", rows=[dict(value=0, accuracy=0.97, epochs=4, **trained),
+                                       dict(value=0.1, accuracy=0.07, epochs=4, **row)])
+    assert "no grids" in study.format_table(result).splitlines()[-1]
+    assert (tmp_path / "scores.png").exists() is False
+    assert study.plot_scores(result, str(tmp_path / "scores.png")) and (tmp_path / "scores.png").stat().st_size > 0

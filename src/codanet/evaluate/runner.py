@@ -129,10 +129,13 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     differences are paired; each result gets its 95 % interval and its difference to "CoDA"
     (`intervals.with_intervals`).  `run` passes one model for every method; a baseline study may
     pair each method with its own model (scripts/resnet_baseline.py)."""
+    if kind not in ("localisation", "pixel-removal"):
+        raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
+    if kind == "localisation" and not grid_cells:
+        raise ValueError("localisation scores need the grids' cells (grid_cells)")
     results = {}
     for name, (model, method) in entries.items():
-        if kind == "localisation":
-            assert grid_cells is not None
+        if kind == "localisation" and grid_cells:
             results[name] = localisation(model, method, images, labels, grid_size, len(grid_cells), seed, class_names,
                                          progress, grid_cells=grid_cells, ctx=ctx)
             results[name].pop("scores")

@@ -44,18 +44,24 @@ def train_or_resume(cfg: dict, run_dir: str) -> dict:
 
 
 def measure(checkpoint: str, run_dir: str, grids: int, images: int, seed: int = 0) -> dict:
-    """Localisation (CoDA, IxG; 95 % intervals), pixel-removal area and Gini of one model."""
+    """Localisation (CoDA, IxG; 95 % intervals), pixel-removal area and Gini of one model.  A model
+    that classifies fewer than 9 classes confidently (one whose training collapsed) has no 3x3
+    grids: its localisation is None and `localisation_error` says why; the rest is measured."""
     from ..evaluate.runner import load_for_evaluation
     from ..evaluate.runner import run as evaluate
-    loc = evaluate("localisation", checkpoint, ["CoDA", "IxG"], grids=grids, progress=False, seed=seed,
-                   out=os.path.join(run_dir, "localisation.json"))["results"]
+    try:
+        loc = evaluate("localisation", checkpoint, ["CoDA", "IxG"], grids=grids, progress=False, seed=seed,
+                       out=os.path.join(run_dir, "localisation.json"))["results"]
+        scores = dict(localisation=loc["CoDA"]["mean"], localisation_ci95=loc["CoDA"]["ci95"],
+                      localisation_ixg=loc["IxG"]["mean"])
+    except ValueError as e:
+        scores = dict(localisation=None, localisation_ci95=None, localisation_ixg=None, localisation_error=str(e))
     rem = evaluate("pixel-removal", checkpoint, ["CoDA", "IxG"], images=images, steps=32, progress=False,
                    out=os.path.join(run_dir, "pixel_removal.json"))["results"]
     model, x, y, _ = load_for_evaluation(checkpoint, max_images=images)
     sparsity = gini(model.explain(x, target=y)["contributions"])
-    return dict(localisation=loc["CoDA"]["mean"], localisation_ci95=loc["CoDA"]["ci95"],
-                localisation_ixg=loc["IxG"]["mean"], removal_area=rem["CoDA"]["area"],
-                removal_area_ixg=rem["IxG"]["area"], gini=float(sparsity.mean()))
+    return dict(**scores, removal_area=rem["CoDA"]["area"], removal_area_ixg=rem["IxG"]["area"],
+                gini=float(sparsity.mean()))
 
 
 def run(setting: str, values: list[float], out_dir: str, epochs: int = 4, grids: int = 250, images: int = 256,
@@ -89,11 +95,13 @@ def plot_scores(result: dict, path: str) -> str:
     rows, name = result["rows"], SETTINGS[result["setting"]]
     v = [r["value"] for r in rows]
     fig, axes = new_figure(1, 4, figsize=(13, 3))
-    low = [r["localisation"] - r["localisation_ci95"][0] for r in rows]
-    high = [r["localisation_ci95"][1] - r["localisation"] for r in rows]
-    axes[0].errorbar(v, [r["localisation"] for r in rows], yerr=[low, high], marker="o", color="tab:red",
-                     capsize=3, label="CoDA")
-    axes[0].plot(v, [r["localisation_ixg"] for r in rows], marker="s", color="tab:gray", label="IxG")
+    graded = [r for r in rows if r["localisation"] is not None]          # a collapsed model has no grids
+    low = [r["localisation"] - r["localisation_ci95"][0] for r in graded]
+    high = [r["localisation_ci95"][1] - r["localisation"] for r in graded]
+    axes[0].errorbar([r["value"] for r in graded], [r["localisation"] for r in graded], yerr=[low, high],
+                     marker="o", color="tab:red", capsize=3, label="CoDA")
+    axes[0].plot([r["value"] for r in graded], [r["localisation_ixg"] for r in graded], marker="s",
+                 color="tab:gray", label="IxG")
     axes[1].plot(v, [r["removal_area"] for r in rows], marker="o", color="tab:red", label="CoDA")
     axes[1].plot(v, [r["removal_area_ixg"] for r in rows], marker="s", color="tab:gray", label="IxG")
     axes[2].plot(v, [r["gini"] for r in rows], marker="o", color="tab:red")
@@ -135,8 +143,11 @@ def format_table(result: dict) -> str:
     lines = [f"| {name} | accuracy | epochs | localisation CoDA [95 % CI] | localisation IxG | removal area CoDA "
              "| removal area IxG | Gini CoDA |", "|---" * 8 + "|"]
     for r in result["rows"]:
-        lo, hi = r["localisation_ci95"]
-        lines.append(f"| {r['value']:g} | {r['accuracy']:.4f} | {r['epochs']:.2f} | {r['localisation']:.3f} "
-                     f"[{lo:.3f}, {hi:.3f}] | {r['localisation_ixg']:.3f} | {r['removal_area']:.3f} | "
+        if r["localisation"] is None:
+            loc = "— (fewer than 9 classes confidently classified: no grids) | —"
+        else:
+            lo, hi = r["localisation_ci95"]
+            loc = f"{r['localisation']:.3f} [{lo:.3f}, {hi:.3f}] | {r['localisation_ixg']:.3f}"
+        lines.append(f"| {r['value']:g} | {r['accuracy']:.4f} | {r['epochs']:.2f} | {loc} | {r['removal_area']:.3f} | "
                      f"{r['removal_area_ixg']:.3f} | {r['gini']:.3f} |")
     return "\n".join(lines)
