@@ -1,6 +1,6 @@
 """Ship a trained run as package weights with a model card (JSON + Markdown).
 
-    .venv/bin/python scripts/ship_weights.py RUN_DIR WEIGHTS_NAME --training-command "..."
+    .venv/bin/python scripts/ship_weights.py RUN_DIR WEIGHTS_NAME --training-command "..." [--average CKPT ...]
 
 Writes src/codanet/weights/<model>-<WEIGHTS_NAME>.{safetensors,json,md}: the float32 weights
 (a codanet checkpoint: safetensors + JSON metadata, no optimiser state, no pickle), and a card
@@ -23,7 +23,7 @@ import codanet
 from codanet.data import load_dataset
 from codanet.evaluate.runner import run as run_metric
 from codanet.models.pretrained import WEIGHTS_DIR, sha256_of
-from codanet.train import evaluate_accuracy, load_model, save_checkpoint
+from codanet.train import average_models, evaluate_accuracy, load_model, save_checkpoint
 from codanet.utils.io import write_json, write_text
 
 CARD_SUBSET = 1000                      # test images of the CI check (tests/test_pretrained.py)
@@ -67,6 +67,7 @@ def markdown(card: dict) -> str:
     rem = card["pixel_removal"]
     lines = [
         f"# Model card: `{card['model']}:{card['weights']}`", "",
+        *([card["note"], ""] if card.get("note") else []),
         f"A CoDA-Net (`{card['model']}`, {card['parameters'] / 1e6:.2f} M parameters, T = {card['temperature']:g}, "
         f"b0 = {card['logit_bias']:.4f}) trained on {card['dataset']} ({card['train_split']}).", "",
         "```python", "import codanet",
@@ -93,6 +94,8 @@ def markdown(card: dict) -> str:
         f"`{card['training_command']}` — {card['epochs']} epochs, {card['train_seconds'] / 60:.0f} min on "
         f"{card['trained_on']}. Test top-1 per epoch: "
         + ", ".join(f"{100 * h['test_top1']:.2f}" for h in card["history"]) + " %.", "",
+        *([f"The shipped weights are the mean of the weights in {', '.join(card['averaged_from'])} "
+           "(weight averaging, `scripts/ship_weights.py --average`).", ""] if card.get("averaged_from") else []),
         "Config:", "", "```json", json.dumps(card["config"], indent=1, sort_keys=True), "```", "",
     ]
     return "\n".join(lines)
@@ -105,16 +108,24 @@ def main() -> int:
     p.add_argument("run_dir")
     p.add_argument("weights", help="weights name, e.g. fashion_mnist")
     p.add_argument("--training-command", required=True)
+    p.add_argument("--average", nargs="+", metavar="CHECKPOINT",
+                   help="ship the mean of these checkpoints' weights (e.g. RUN_DIR/checkpoints/step-*.safetensors "
+                        "at the ends of the last epochs) instead of RUN_DIR/model.safetensors")
+    p.add_argument("--note", help="a sentence printed under the card's title")
     args = p.parse_args()
-    model, state = load_model(os.path.join(args.run_dir, "model.safetensors"))
+    if args.average:
+        model, state = average_models(args.average)
+    else:
+        model, state = load_model(os.path.join(args.run_dir, "model.safetensors"))
     model = model.float()
     cfg = state["config"]
     summary = json.load(open(os.path.join(args.run_dir, "summary.json")))
+    history = summary.get("history") or state.get("history", [])
     name = f"{model.name}-{args.weights}.safetensors"
     path = os.path.join(WEIGHTS_DIR, name)
     os.makedirs(WEIGHTS_DIR, exist_ok=True)
     save_checkpoint(path, model, None, dict(config=cfg, dataset=state["dataset"], classes=state["classes"],
-                                            history=state.get("history", [])))
+                                            history=history))
     test = load_dataset(cfg["dataset"], "test", cfg.get("data_dir"))
     full = evaluate_accuracy(model, test)
     subset = evaluate_accuracy(model, test.subset(range(CARD_SUBSET)))
@@ -125,9 +136,13 @@ def main() -> int:
         test_top1=full["top1"], test_top5=full["top5"], subset_images=CARD_SUBSET, subset_top1=subset["top1"],
         temperature=model.temperature, logit_bias=model.logit_bias, parameters=model.num_parameters(),
         config=cfg, training_command=args.training_command, epochs=summary["epochs"],
-        train_seconds=summary["train_seconds"], trained_on=cpu_name(), history=state.get("history", []),
+        train_seconds=summary["train_seconds"], trained_on=cpu_name(), history=history,
         codanet_version=codanet.__version__, torch_version=torch.__version__.split("+")[0],
         card_written=datetime.date.today().isoformat())
+    if args.average:
+        card["averaged_from"] = [os.path.basename(c) for c in args.average]
+    if args.note:
+        card["note"] = args.note
     card.update(metrics(path))
     for block in ("localisation", "pixel_removal"):          # commands name the shipped weights
         card[block]["command"] = card[block]["command"].replace(path, f"{model.name}:{args.weights}")

@@ -12,7 +12,7 @@ import codanet
 from codanet.cli import main
 from codanet.models.pretrained import WEIGHTS_DIR, available_weights, load_pretrained, model_card
 
-SHIPPED = [("coda_cpu", "fashion_mnist"), ("coda_cpu", "mnist_5k")]
+SHIPPED = [("coda_cpu", "fashion_mnist"), ("coda_cpu", "fashion_mnist_20ep"), ("coda_cpu", "mnist_5k")]
 
 
 def dataset_or_skip(name):

@@ -12,7 +12,7 @@ import torch
 
 import codanet
 from codanet.train import make_config, train
-from codanet.train.checkpoint import load_into, load_model, read_checkpoint, save_checkpoint
+from codanet.train.checkpoint import average_models, load_into, load_model, read_checkpoint, save_checkpoint
 from codanet.train.trainer import TrainingStopped
 from conftest import tiny_model
 
@@ -57,6 +57,25 @@ def test_checkpoint_checked_against_model(tmp_path):
         load_model(str(tmp_path))
     loaded, _ = load_model(path)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_average_models_is_the_mean_of_the_weights(tmp_path):
+    models = [tiny_model("coda_cpu") for _ in range(3)]               # three different random inits
+    paths = [save_checkpoint(str(tmp_path / f"c{i}.safetensors"), m) for i, m in enumerate(models)]
+    mean, state = average_models(paths)
+    for name, value in mean.state_dict().items():
+        expected = sum(m.state_dict()[name].double() for m in models) / 3
+        assert torch.allclose(value.double(), expected, atol=1e-6), name
+    assert state["averaged_from"] == paths
+    x = torch.rand(2, 1, 28, 28)
+    out = mean.explain(x)                                   # the mean is a CoDA-Net like any other
+    logit = out["logits"].gather(1, out["target"][:, None])[:, 0]
+    assert torch.allclose(out["contributions"].sum((1, 2)), logit - mean.logit_bias, atol=1e-3)
+    with pytest.raises(ValueError, match="at least two"):
+        average_models(paths[:1])
+    save_checkpoint(str(tmp_path / "t.safetensors"), tiny_model("coda_cpu", temperature=7.0))
+    with pytest.raises(ValueError, match="cannot average .*temperature"):
+        average_models([paths[0], str(tmp_path / "t.safetensors")])
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):

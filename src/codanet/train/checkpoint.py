@@ -163,6 +163,27 @@ def load_model(path: str, device: str = "cpu"):
     return model.to(device).eval(), state
 
 
+def average_models(paths: list[str], device: str = "cpu"):
+    """Weight averaging (Izmailov et al., 2018): the uniform mean of the weights of checkpoints of
+    one architecture, e.g. the ends of the last epochs of one run.  Returns (model, state): the
+    state is the last file's, with 'averaged_from' naming the files.  A CoDA-Net has no batch
+    statistics, so the mean needs no recalibration; it is a model like any other (docs/training.md)."""
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    models = [load_model(p, device) for p in paths]
+    model, state = models[-1]
+    for p, (other, _) in zip(paths, models):
+        diffs = arch_differences(model.arch, other.arch)
+        if diffs:
+            raise ValueError(f"cannot average {p} with {paths[-1]}: " + "; ".join(diffs))
+    sums = [m.state_dict() for m, _ in models]
+    with torch.no_grad():
+        for name, value in model.state_dict().items():       # state_dict tensors share the parameters' storage
+            if value.is_floating_point():
+                value.copy_(torch.stack([sd[name].double() for sd in sums]).mean(0).to(value.dtype))
+    return model, dict(state, averaged_from=[os.fspath(p) for p in paths])
+
+
 def checkpoint_files(folder: str) -> list[str]:
     """Checkpoints in `folder`, oldest first (names carry the zero-padded update count)."""
     return sorted(glob.glob(os.path.join(folder, "step-*.safetensors")))
