@@ -1,4 +1,6 @@
 """Attribution methods and the paper's two metrics (localisation, pixel removal)."""
+import os
+
 import pytest
 import torch
 
@@ -388,3 +390,10 @@ def test_a_finished_part_of_a_study_is_read_back_not_measured_again(tmp_path):
     measure = lambda: calls.append(1) or {"score": 0.5}              # noqa: E731
     assert resume_json(path, measure) == resume_json(path, measure) == {"score": 0.5}
     assert calls == [1]
+    mine = tmp_path / "written_by_measure.json"                        # a measure that writes the file itself
+    def writes_itself():
+        mine.write_text('{"score": 0.25, "figure": "x.png"}')
+        os.utime(mine, (1, 1))
+        return {"score": 0.25, "figure": "x.png"}
+    assert resume_json(str(mine), writes_itself)["score"] == 0.25
+    assert mine.stat().st_mtime == 1                                    # not written a second time

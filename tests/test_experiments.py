@@ -96,9 +96,11 @@ def test_a_collapsed_model_is_reported_without_localisation(tmp_path, monkeypatc
     from codanet.experiments import study
     from conftest import tiny_model
 
+    from codanet.evaluate.localisation import TooFewClasses
+
     def fake_run(kind, *args, **kwargs):
         if kind == "localisation":
-            raise ValueError("a 3x3 grid needs 9 distinct classes, but only 0 classes have confident images")
+            raise TooFewClasses("a 3x3 grid needs 9 distinct classes, but only 0 classes have confident images")
         return {"results": {"CoDA": {"area": 0.5}, "IxG": {"area": 0.4}}}
     model = tiny_model("coda_cpu")
     monkeypatch.setattr(runner, "run", fake_run)
@@ -112,5 +114,8 @@ def test_a_collapsed_model_is_reported_without_localisation(tmp_path, monkeypatc
     result = dict(setting="lam", rows=[dict(value=0, accuracy=0.97, epochs=4, **trained),
                                        dict(value=0.1, accuracy=0.07, epochs=4, **row)])
     assert "no grids" in study.format_table(result).splitlines()[-1]
+    monkeypatch.setattr(runner, "run", lambda *a, **k: (_ for _ in ()).throw(ValueError("another problem")))
+    with pytest.raises(ValueError, match="another problem"):             # only "no grids" is recorded
+        study.measure("model.safetensors", str(tmp_path), grids=5, images=3)
     assert (tmp_path / "scores.png").exists() is False
     assert study.plot_scores(result, str(tmp_path / "scores.png")) and (tmp_path / "scores.png").stat().st_size > 0

@@ -45,6 +45,11 @@ def confident_images(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
 SELECTIONS = ("most_confident", "random")
 
 
+class TooFewClasses(ValueError):
+    """Fewer classes have confidently and correctly classified test images than a grid has cells
+    (e.g. a model whose training collapsed): there are no grids to score."""
+
+
 def make_grids(pools: dict, n: int, grids: int, seed: int = 0,
                selection: str = "most_confident") -> list[list[tuple[int, int]]]:
     """`grids` grids of n*n (class, image index) cells (n: the grid size); classes distinct within a
@@ -56,7 +61,7 @@ def make_grids(pools: dict, n: int, grids: int, seed: int = 0,
         raise ValueError(f"unknown grid selection {selection!r}; use one of {', '.join(SELECTIONS)}")
     classes = sorted(pools)
     if n * n > len(classes):
-        raise ValueError(f"a {n}x{n} grid needs {n * n} distinct classes, but only {len(classes)} classes "
+        raise TooFewClasses(f"a {n}x{n} grid needs {n * n} distinct classes, but only {len(classes)} classes "
                          "have confidently and correctly classified test images")
     if selection == "random":
         order = np.random.RandomState(seed + 1)

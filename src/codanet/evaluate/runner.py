@@ -113,10 +113,10 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
                    results=results, cost=costs, temperature=model.temperature, model=model.name,
                    processes=ctx.world, selection=selection if kind == "localisation" else None)
     if out and ctx.main:
-        write_json(out, summary)
-        png = os.path.splitext(out)[0] + ".png"
+        summary["figure"] = png = os.path.splitext(out)[0] + ".png"
+        write_json(out, summary)                             # the numbers are safe before anything is drawn
         plot = plot_localisation if kind == "localisation" else plot_pixel_removal
-        summary["figure"] = plot(results, png, f"{model.name} T={model.temperature:g} on {test.name}")
+        plot(results, png, f"{model.name} T={model.temperature:g} on {test.name}")
     return summary
 
 
@@ -131,13 +131,14 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     pair each method with its own model (scripts/resnet_baseline.py)."""
     if kind not in ("localisation", "pixel-removal"):
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
-    if kind == "localisation" and not grid_cells:
+    cells = grid_cells or []
+    if kind == "localisation" and not cells:
         raise ValueError("localisation scores need the grids' cells (grid_cells)")
     results = {}
     for name, (model, method) in entries.items():
-        if kind == "localisation" and grid_cells:
-            results[name] = localisation(model, method, images, labels, grid_size, len(grid_cells), seed, class_names,
-                                         progress, grid_cells=grid_cells, ctx=ctx)
+        if kind == "localisation":
+            results[name] = localisation(model, method, images, labels, grid_size, len(cells), seed, class_names,
+                                         progress, grid_cells=cells, ctx=ctx)
             results[name].pop("scores")
         else:
             results[name] = pixel_removal(model, method, images, labels, steps=steps, most_first=most_first,

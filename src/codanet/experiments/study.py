@@ -11,13 +11,12 @@ study is one command that can be stopped and started again.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from ..explain.plot import new_figure, save_figure, show_contributions, show_image
-from ..utils.io import write_json
+from ..utils.io import resume_json, write_json
 
 SETTINGS = {"temperature": "T", "lam": "lambda"}
 
@@ -36,17 +35,15 @@ def gini(maps: torch.Tensor) -> torch.Tensor:
 def train_or_resume(cfg: dict, run_dir: str) -> dict:
     """The run's summary: read when finished, else train (resuming from a checkpoint if any)."""
     from ..train import train
-    done = os.path.join(run_dir, "summary.json")
-    if os.path.isfile(done):
-        with open(done) as f:
-            return json.load(f)
-    return train(cfg, run_dir, resume=os.path.isdir(os.path.join(run_dir, "checkpoints")))
+    return resume_json(os.path.join(run_dir, "summary.json"),
+                       lambda: train(cfg, run_dir, resume=os.path.isdir(os.path.join(run_dir, "checkpoints"))))
 
 
 def measure(checkpoint: str, run_dir: str, grids: int, images: int, seed: int = 0) -> dict:
     """Localisation (CoDA, IxG; 95 % intervals), pixel-removal area and Gini of one model.  A model
     that classifies fewer than 9 classes confidently (one whose training collapsed) has no 3x3
     grids: its localisation is None and `localisation_error` says why; the rest is measured."""
+    from ..evaluate.localisation import TooFewClasses
     from ..evaluate.runner import load_for_evaluation
     from ..evaluate.runner import run as evaluate
     try:
@@ -54,7 +51,7 @@ def measure(checkpoint: str, run_dir: str, grids: int, images: int, seed: int = 
                        out=os.path.join(run_dir, "localisation.json"))["results"]
         scores = dict(localisation=loc["CoDA"]["mean"], localisation_ci95=loc["CoDA"]["ci95"],
                       localisation_ixg=loc["IxG"]["mean"])
-    except ValueError as e:
+    except TooFewClasses as e:
         scores = dict(localisation=None, localisation_ci95=None, localisation_ixg=None, localisation_error=str(e))
     rem = evaluate("pixel-removal", checkpoint, ["CoDA", "IxG"], images=images, steps=32, progress=False,
                    out=os.path.join(run_dir, "pixel_removal.json"))["results"]

@@ -68,12 +68,15 @@ def write_json(path, obj) -> None:
 
 def resume_json(path: str, measure: Callable[[], dict]) -> dict:
     """One part of a resumable study: the JSON at `path` when an earlier run finished it, else
-    `measure()`, written there atomically (so a stopped study, run again, skips what is done)."""
+    `measure()`, written there atomically (so a stopped study, run again, skips what is done).
+    A `measure` that writes `path` itself (training's summary.json, `runner.run(out=path)`) is
+    not written over."""
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)
     result = measure()
-    write_json(path, result)
+    if not os.path.isfile(path):
+        write_json(path, result)
     return result
 
 
