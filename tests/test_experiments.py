@@ -93,10 +93,9 @@ def test_a_collapsed_model_is_reported_without_localisation(tmp_path, monkeypatc
     """A study model that classifies fewer than 9 classes confidently (lambda = 0.1 at T = 500 on
     MNIST-5k collapsed to 7 %) has no 3x3 grids: the study records why and measures the rest."""
     from codanet.evaluate import runner
+    from codanet.evaluate.localisation import TooFewClasses
     from codanet.experiments import study
     from conftest import tiny_model
-
-    from codanet.evaluate.localisation import TooFewClasses
 
     def fake_run(kind, *args, **kwargs):
         if kind == "localisation":
