@@ -7,8 +7,9 @@
 For every weights: localisation on `--grids` 3x3 grids under both selection protocols (most
 confident, random), pixel removal in both orders at 128 steps over `--images` test images, and the
 cascading-randomisation sanity check; each as OUT/<weights>/<part>.json + .png (the runner's files)
-and every table, with 95 % intervals, in OUT/tables.md.  A part whose JSON exists is skipped, so
-the script can be stopped and run again until everything is measured.
+and every table, with 95 % intervals, in OUT/tables.md and OUT/report.html (`codanet report OUT`).
+A part whose JSON exists is skipped, so the script can be stopped and run again until everything
+is measured.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 from functools import partial
 
 from codanet.evaluate.runner import ALL_METHODS, FAST_METHODS, format_sanity_table, format_table, run, run_sanity
+from codanet.report import build_evaluation_report
 from codanet.utils.io import resume_json, write_text
 
 PARTS = {
@@ -57,6 +59,7 @@ def main() -> None:
                 tables += [f"## {weights}: {name.replace('_', ' ')} (sha256 {summary['sha256'][:12]})", "", table, ""]
                 print("\n".join(tables[-4:]), flush=True)
     write_text(os.path.join(args.out, "tables.md"), "\n".join(tables))
+    print(f"wrote {os.path.join(args.out, 'tables.md')} and {build_evaluation_report(args.out)}")
 
 
 if __name__ == "__main__":

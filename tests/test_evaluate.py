@@ -308,6 +308,10 @@ def test_evaluate_commands_report_intervals_cost_and_the_sanity_check(tmp_path, 
     result = json.loads(sanity.read_text())
     assert result["depths"] == list(range(10)) and result["scores"]["CoDA"]["spearman"][0] == pytest.approx(1.0)
     assert (tmp_path / "sanity.png").stat().st_size > 0 and (tmp_path / "sanity_maps.png").stat().st_size > 0
+    assert main(["report", str(tmp_path)]) == 0                  # a folder of evaluations, no training run
+    page = (tmp_path / "report.html").read_text()
+    assert "Localisation (eq. 11)" in page and "Sanity check" in page and "<td>LIME</td>" in page
+    assert summary["sha256"][:12] in page and page.count("<img") == 3    # loc bars; sanity scores and maps
 
 
 def test_checkerboard_index_of_known_maps():

@@ -142,7 +142,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_small_commands(sub: argparse._SubParsersAction) -> None:
-    r = sub.add_parser("report", help="write RUN_DIR/report.html (accuracy, maps, metrics, costs)")
+    r = sub.add_parser("report", help="write RUN_DIR/report.html (accuracy, maps, metrics, costs); for a folder "
+                                      "of evaluation JSONs only (scripts/comparison.py's output): their tables")
     r.add_argument("run_dir")
 
     m = sub.add_parser("models", help="list the registered models and their shipped weights")

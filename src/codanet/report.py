@@ -5,6 +5,8 @@ per row, one attribution method per column, red positive / blue negative); a Fig
 multi-image grid with the contribution map for each of its classes; localisation bars and
 pixel-removal curves (from `codanet evaluate ... --json RUN_DIR/eval/<metric>.json`); the
 T and lambda studies when RUN_DIR/temperature/ or RUN_DIR/lam/ exist; the cost of each method.
+A folder of evaluations without a training run (scripts/comparison.py's OUT/) gets a page of its
+tables (95 % intervals, differences to CoDA) and figures alone.
 """
 from __future__ import annotations
 
@@ -86,25 +88,54 @@ def build_report(run_dir: str, num_compare: int = 6, methods: list[str] | None =
     from .evaluate.runner import checkpoint_test_split
     summary_path = os.path.join(run_dir, "summary.json")
     model_path = os.path.join(run_dir, "model.safetensors")
+    if not os.path.isfile(summary_path) and evaluation_folders(run_dir):
+        return build_evaluation_report(run_dir)
     for p in (summary_path, model_path):
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"{p} missing: is {run_dir} a finished training run (codanet train / make demo)?")
+            raise FileNotFoundError(f"{p} missing: is {run_dir} a finished training run (codanet train / make demo) "
+                                    "or a folder of evaluations (scripts/comparison.py's output)?")
     with open(summary_path) as f:
         summary = json.load(f)
     model, _, test = checkpoint_test_split(model_path)
     parts = [f"<h1>CoDA-Net report: {html.escape(run_dir)}</h1>", _headline(model, test.name, summary)]
     parts += _figures(model, test, run_dir, num_compare, methods or COMPARE_METHODS)
     metric_parts, costs = _metrics(os.path.join(run_dir, "eval"))
-    parts += metric_parts + _studies(run_dir)
-    if costs:
-        parts += ["<h2>Cost per method</h2>", _table(
-            [(m, f"{c['ms_per_image']:.1f}", c["evaluations_per_image"]) for m, c in costs.items()],
-            ["method", "ms per image", "model evaluations per image"])]
+    parts += metric_parts + _studies(run_dir) + _costs(costs)
+    return _write_page(run_dir, parts)
+
+
+def evaluation_folders(folder: str) -> list[str]:
+    """`folder` and its subfolders that hold evaluation JSONs (localisation, pixel removal, sanity)."""
+    subs = sorted(os.path.join(folder, d) for d in os.listdir(folder)) if os.path.isdir(folder) else []
+    return [d for d in [folder] + subs if os.path.isdir(d) and _metrics(d)[0]]
+
+
+def build_evaluation_report(folder: str) -> str:
+    """Write FOLDER/report.html from evaluation JSONs alone (no training run): one section per
+    folder that holds them, e.g. scripts/comparison.py's OUT/<weights>/; returns its path."""
+    parts = [f"<h1>CoDA-Net evaluations: {html.escape(folder)}</h1>"]
+    costs: dict = {}
+    for d in evaluation_folders(folder):
+        metric_parts, found = _metrics(d)
+        parts += [f"<h2>{html.escape(os.path.relpath(d, folder))}</h2>"] + metric_parts
+        costs.update(found)
+    return _write_page(folder, parts + _costs(costs))
+
+
+def _costs(costs: dict) -> list[str]:
+    if not costs:
+        return []
+    return ["<h2>Cost per method</h2>", _table(
+        [(m, f"{c['ms_per_image']:.1f}", c["evaluations_per_image"]) for m, c in costs.items()],
+        ["method", "ms per image", "model evaluations per image"])]
+
+
+def _write_page(folder: str, parts: list[str]) -> str:
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>CoDA-Net report</title><style>"
             "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
-    out = os.path.join(run_dir, "report.html")
+    out = os.path.join(folder, "report.html")
     write_text(out, page)
     return out
 
@@ -162,8 +193,11 @@ def _metrics(eval_dir: str) -> tuple[list[str], dict]:
         if ev.get("kind") not in TITLES:
             continue
         costs.update(ev.get("cost", {}))
-        detail = ev.get("selection") or ("most important first" if _first(ev).get("most_first") else "")
-        parts.append(f"<h2>{TITLES[ev['kind']]} <small>({html.escape(name)}{', ' + detail if detail else ''}; "
+        units = len(_first(ev).get("grid_means") or _first(ev).get("areas") or [])      # what was resampled
+        order = f"{'most' if _first(ev).get('most_first') else 'least'} important first"
+        detail = [ev.get("selection") or (order if ev["kind"] == "pixel-removal" else ""),
+                  f"{units} {'grids' if ev['kind'] == 'localisation' else 'images'}" if units else ""]
+        parts.append(f"<h2>{TITLES[ev['kind']]} <small>({', '.join([html.escape(name)] + [d for d in detail if d])}; "
                      f"weights sha256 {str(ev.get('sha256') or '?')[:12]})</small></h2>")
         parts.append(_metric_table(ev))
         coda = ev["results"].get("CoDA") if ev["kind"] == "localisation" else None
