@@ -314,6 +314,27 @@ def test_evaluate_commands_report_intervals_cost_and_the_sanity_check(tmp_path, 
     assert summary["sha256"][:12] in page and page.count("<img") == 3    # loc bars; sanity scores and maps
 
 
+def test_report_of_evaluation_folders_and_bad_json(tmp_path):
+    """`codanet report` on folders of evaluation JSONs alone: one section per folder, the ResNet
+    baseline's costs (no evaluation count) included; a broken JSON is one line and exit 2."""
+    import json
+
+    from codanet.cli import main
+    diff = dict(mean=-0.5, ci95=[-0.6, -0.4], significant=True)
+    ev = dict(kind="localisation", selection="random", sha256="ab" * 32, cost={"Grad": {"ms_per_image": 2.0}},
+              results={"CoDA": dict(mean=0.9, ci95=[0.8, 1.0], grid_means=[0.9] * 7, per_class={"a": 0.9}),
+                       "Grad": dict(mean=0.4, ci95=[0.3, 0.5], grid_means=[0.4] * 7, difference_to_CoDA=diff)})
+    for sub in ("fashion", "digits"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "loc.json").write_text(json.dumps(ev))
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>fashion</h2>" in page and "<h2>digits</h2>" in page and "random, 7 grids" in page
+    assert "-0.500 [-0.600, -0.400] *" in page and "<td>—</td>" in page
+    (tmp_path / "digits" / "broken.json").write_text('{"kind": "localisation", ')
+    assert main(["report", str(tmp_path)]) == 2
+
+
 def test_checkerboard_index_of_known_maps():
     """0 for an even coverage of the P x P pixel phases, sqrt(P^2 - 1) when one phase holds all the
     mass, scale-free, and small for smooth content (a wide blob)."""

@@ -107,7 +107,7 @@ def build_report(run_dir: str, num_compare: int = 6, methods: list[str] | None =
 def evaluation_folders(folder: str) -> list[str]:
     """`folder` and its subfolders that hold evaluation JSONs (localisation, pixel removal, sanity)."""
     subs = sorted(os.path.join(folder, d) for d in os.listdir(folder)) if os.path.isdir(folder) else []
-    return [d for d in [folder] + subs if os.path.isdir(d) and _metrics(d)[0]]
+    return [d for d in [folder] + subs if _evaluations(d)]
 
 
 def build_evaluation_report(folder: str) -> str:
@@ -126,7 +126,7 @@ def _costs(costs: dict) -> list[str]:
     if not costs:
         return []
     return ["<h2>Cost per method</h2>", _table(
-        [(m, f"{c['ms_per_image']:.1f}", c["evaluations_per_image"]) for m, c in costs.items()],
+        [(m, f"{c['ms_per_image']:.1f}", c.get("evaluations_per_image", "—")) for m, c in costs.items()],
         ["method", "ms per image", "model evaluations per image"])]
 
 
@@ -180,18 +180,29 @@ def _figures(model: CoDANet, test: Dataset, run_dir: str, num_compare: int, meth
 TITLES = {"localisation": "Localisation (eq. 11)", "pixel-removal": "Pixel removal", "sanity": "Sanity check"}
 
 
+def _evaluations(folder: str) -> list[tuple[str, dict]]:
+    """(file name, content) of the evaluation JSONs in `folder` (localisation, pixel removal, sanity)."""
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json"):
+            path = os.path.join(folder, name)
+            try:
+                with open(path) as f:
+                    ev = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path} is not a JSON file ({e})") from None
+            if isinstance(ev, dict) and ev.get("kind") in TITLES:
+                found.append((name, ev))
+    return found
+
+
 def _metrics(eval_dir: str) -> tuple[list[str], dict]:
     """Tables and figures of every evaluation in eval/*.json (`codanet evaluate ... --json`),
     with 95 % intervals where measured; the methods' costs."""
     parts: list[str] = []
     costs: dict = {}
-    files = sorted(f for f in os.listdir(eval_dir) if f.endswith(".json")) if os.path.isdir(eval_dir) else []
-    for name in files:
+    for name, ev in _evaluations(eval_dir):
         js = os.path.join(eval_dir, name)
-        with open(js) as f:
-            ev = json.load(f)
-        if ev.get("kind") not in TITLES:
-            continue
         costs.update(ev.get("cost", {}))
         units = len(_first(ev).get("grid_means") or _first(ev).get("areas") or [])      # what was resampled
         order = f"{'most' if _first(ev).get('most_first') else 'least'} important first"

@@ -62,7 +62,7 @@ def make_grids(pools: dict, n: int, grids: int, seed: int = 0,
     classes = sorted(pools)
     if n * n > len(classes):
         raise TooFewClasses(f"a {n}x{n} grid needs {n * n} distinct classes, but only {len(classes)} classes "
-                         "have confidently and correctly classified test images")
+                            "have confidently and correctly classified test images")
     if selection == "random":
         order = np.random.RandomState(seed + 1)
         pools = {c: [pools[c][i] for i in order.permutation(len(pools[c]))] for c in classes}

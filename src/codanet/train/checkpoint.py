@@ -176,11 +176,11 @@ def average_models(paths: list[str], device: str = "cpu"):
         diffs = arch_differences(model.arch, other.arch)
         if diffs:
             raise ValueError(f"cannot average {p} with {paths[-1]}: " + "; ".join(diffs))
-    sums = [m.state_dict() for m, _ in models]
+    states = [m.state_dict() for m, _ in models]
     with torch.no_grad():
         for name, value in model.state_dict().items():       # state_dict tensors share the parameters' storage
-            if value.is_floating_point():
-                value.copy_(torch.stack([sd[name].double() for sd in sums]).mean(0).to(value.dtype))
+            if value.is_floating_point():                     # mean in float64, stored in the model's dtype
+                value.copy_(torch.stack([sd[name].double() for sd in states]).mean(0).to(value.dtype))
     return model, dict(state, averaged_from=[os.fspath(p) for p in paths])
 
 
