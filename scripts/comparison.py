@@ -2,22 +2,33 @@
 
     .venv/bin/python scripts/comparison.py [--weights coda_cpu:fashion_mnist,coda_cpu:mnist_5k]
         [--parts localisation,removal,sanity] [--methods all] [--grids 250] [--images 1000]
-        [--out runs/comparison]
+        [--out runs/comparison] [--join OUT1,OUT2,...]
 
 For every weights: localisation on `--grids` 3x3 grids under both selection protocols (most
 confident, random), pixel removal in both orders at 128 steps over `--images` test images, and the
 cascading-randomisation sanity check; each as OUT/<weights>/<part>.json + .png (the runner's files)
 and every table, with 95 % intervals, in OUT/tables.md and OUT/report.html (`codanet report OUT`).
 A part whose JSON exists is skipped, so the script can be stopped and run again until everything
-is measured.
+is measured.  `--join` measures nothing: it unites the methods that earlier runs measured on the
+same weights, part and units into OUT (`runner.join_summaries`), so a slow method can run apart.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from functools import partial
 
-from codanet.evaluate.runner import ALL_METHODS, FAST_METHODS, format_sanity_table, format_table, run, run_sanity
+from codanet.evaluate.runner import (
+    ALL_METHODS,
+    FAST_METHODS,
+    format_sanity_table,
+    format_table,
+    join_summaries,
+    run,
+    run_sanity,
+    save,
+)
 from codanet.report import build_evaluation_report
 from codanet.utils.io import resume_json, write_text
 
@@ -36,7 +47,22 @@ def measure(weights: str, part: str, name: str, options: dict, args, out: str) -
                           images=args.sanity_images, out=out)
     if part == "localisation":
         return run("localisation", weights, methods, grids=args.grids, out=out, **options)
-    return run("pixel-removal", weights, methods, images=args.images, steps=128, out=out, **options)
+    maps = os.path.join(os.path.dirname(out), "removal_maps")      # one attribution sweep serves both orders
+    return run("pixel-removal", weights, methods, images=args.images, steps=128, out=out, maps_dir=maps, **options)
+
+
+def join(folders: list[str], weights: str, name: str, out: str) -> dict:
+    """OUT/<weights>/<part>.json from the same file in each of `folders` that has it."""
+    sources = [p for d in folders if os.path.isfile(p := os.path.join(d, weights.replace(":", "-"), name + ".json"))]
+    if not sources:
+        raise FileNotFoundError(f"no {name}.json for {weights} in {', '.join(folders)}")
+    summaries = []
+    for path in sources:
+        with open(path) as f:
+            summaries.append(json.load(f))
+    summary = join_summaries(summaries, sources)
+    save(summary, out)
+    return summary
 
 
 def main() -> None:
@@ -48,13 +74,17 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--sanity-images", type=int, default=64)
     p.add_argument("--out", default="runs/comparison")
+    p.add_argument("--join", default="", help="comma-separated earlier OUT folders to unite (measures nothing)")
     args = p.parse_args()
     tables = []
     for weights in args.weights.split(","):
         for part in args.parts.split(","):
             for name, options in PARTS[part]:
                 out = os.path.join(args.out, weights.replace(":", "-"), name + ".json")
-                summary = resume_json(out, partial(measure, weights, part, name, options, args, out))
+                if args.join:
+                    summary = join(args.join.split(","), weights, name, out)
+                else:
+                    summary = resume_json(out, partial(measure, weights, part, name, options, args, out))
                 table = format_sanity_table(summary) if part == "sanity" else format_table(summary)
                 tables += [f"## {weights}: {name.replace('_', ' ')} (sha256 {summary['sha256'][:12]})", "", table, ""]
                 print("\n".join(tables[-4:]), flush=True)

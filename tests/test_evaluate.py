@@ -261,6 +261,24 @@ def test_pixel_removal_areas_are_per_image_and_average_to_the_area():
     assert alone["area"] == pytest.approx(r["areas"][3], abs=1e-6)
 
 
+def test_pixel_removal_keeps_the_maps_for_the_other_order(tmp_path):
+    from codanet.evaluate import pixel_removal
+    model = tiny_model("coda_cpu")
+    x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4])
+    path = str(tmp_path / "CoDA.pt")
+    least = pixel_removal(model, CoDA(model), x, y, steps=4, progress=False, maps_path=path)
+
+    class Refuses(CoDA):
+        def attribute(self, inputs, target=None):
+            raise AssertionError("the kept maps should have been used")
+    most = pixel_removal(model, Refuses(model), x, y, steps=4, most_first=True, progress=False, maps_path=path)
+    fresh = pixel_removal(model, CoDA(model), x, y, steps=4, most_first=True, progress=False)
+    assert most["areas"] == pytest.approx(fresh["areas"], abs=1e-7)
+    assert torch.allclose(torch.load(path), CoDA(model).attribute(x, target=y), atol=1e-6)
+    again = pixel_removal(model, CoDA(model), x[:3], y[:3], steps=4, progress=False, maps_path=path)
+    assert again["areas"] == pytest.approx(least["areas"][:3], abs=1e-7)    # other images: measured anew
+
+
 def test_cascading_randomisation_redraws_the_top_layers_only():
     from codanet.evaluate.sanity import cascading_randomisation, randomised, similarities
     model = tiny_model("coda_cpu").eval()
@@ -333,6 +351,36 @@ def test_report_of_evaluation_folders_and_bad_json(tmp_path):
     assert "-0.500 [-0.600, -0.400] *" in page and "<td>—</td>" in page
     (tmp_path / "digits" / "broken.json").write_text('{"kind": "localisation", ')
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_join_summaries_recomputes_the_paired_differences():
+    """Methods measured in two runs on the same images make one table whose differences to CoDA
+    are those of one joint run; other weights, the other order or other images are refused."""
+    from codanet.evaluate.intervals import with_intervals
+    from codanet.evaluate.runner import join_summaries
+    rng = torch.Generator().manual_seed(0)
+    areas = {m: torch.rand(50, generator=rng).tolist() for m in ("CoDA", "Grad", "Occ9")}
+
+    def summary(methods, **changes):
+        results = {m: dict(area=sum(areas[m]) / 50, areas=areas[m], most_first=False) for m in methods}
+        return dict(dict(kind="pixel-removal", sha256="ab" * 32, dataset="d", model="coda_cpu", temperature=10.0,
+                         selection=None, processes=1, results=results,
+                         cost={m: {"ms_per_image": 1.0} for m in methods}), **changes)
+    cheap, slow = summary(["CoDA", "Grad"]), summary(["Occ9"])
+    joined = join_summaries([cheap, slow], ["a.json", "b.json"])
+    assert list(joined["results"]) == ["CoDA", "Grad", "Occ9"] and joined["joined_from"] == ["a.json", "b.json"]
+    assert joined["results"]["Occ9"]["difference_to_CoDA"] == with_intervals(areas)["Occ9"]["difference_to_CoDA"]
+    assert "difference_to_CoDA" not in joined["results"]["CoDA"] and set(joined["cost"]) == set(areas)
+    with pytest.raises(ValueError, match="sha256"):
+        join_summaries([cheap, summary(["Occ9"], sha256="cd" * 32)])
+    most = summary(["Occ9"])
+    most["results"]["Occ9"]["most_first"] = True
+    with pytest.raises(ValueError, match="orders"):
+        join_summaries([cheap, most])
+    fewer = summary(["Occ9"])
+    fewer["results"]["Occ9"]["areas"] = areas["Occ9"][:10]
+    with pytest.raises(ValueError, match="same units"):
+        join_summaries([cheap, fewer])
 
 
 def test_checkerboard_index_of_known_maps():

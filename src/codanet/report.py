@@ -88,8 +88,8 @@ def build_report(run_dir: str, num_compare: int = 6, methods: list[str] | None =
     from .evaluate.runner import checkpoint_test_split
     summary_path = os.path.join(run_dir, "summary.json")
     model_path = os.path.join(run_dir, "model.safetensors")
-    if not os.path.isfile(summary_path) and evaluation_folders(run_dir):
-        return build_evaluation_report(run_dir)
+    if not os.path.isfile(summary_path) and (found := evaluation_folders(run_dir)):
+        return build_evaluation_report(run_dir, found)
     for p in (summary_path, model_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p} missing: is {run_dir} a finished training run (codanet train / make demo) "
@@ -99,26 +99,29 @@ def build_report(run_dir: str, num_compare: int = 6, methods: list[str] | None =
     model, _, test = checkpoint_test_split(model_path)
     parts = [f"<h1>CoDA-Net report: {html.escape(run_dir)}</h1>", _headline(model, test.name, summary)]
     parts += _figures(model, test, run_dir, num_compare, methods or COMPARE_METHODS)
-    metric_parts, costs = _metrics(os.path.join(run_dir, "eval"))
+    eval_dir = os.path.join(run_dir, "eval")
+    metric_parts, costs = _metrics(eval_dir, _evaluations(eval_dir))
     parts += metric_parts + _studies(run_dir) + _costs(costs)
     return _write_page(run_dir, parts)
 
 
-def evaluation_folders(folder: str) -> list[str]:
-    """`folder` and its subfolders that hold evaluation JSONs (localisation, pixel removal, sanity)."""
+def evaluation_folders(folder: str) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """(folder, its evaluations) for `folder` and each subfolder that holds evaluation JSONs
+    (localisation, pixel removal, sanity); every JSON is read once."""
     subs = sorted(os.path.join(folder, d) for d in os.listdir(folder)) if os.path.isdir(folder) else []
-    return [d for d in [folder] + subs if _evaluations(d)]
+    return [(d, found) for d in [folder] + subs if (found := _evaluations(d))]
 
 
-def build_evaluation_report(folder: str) -> str:
+def build_evaluation_report(folder: str, found: list | None = None) -> str:
     """Write FOLDER/report.html from evaluation JSONs alone (no training run): one section per
-    folder that holds them, e.g. scripts/comparison.py's OUT/<weights>/; returns its path."""
+    folder that holds them, e.g. scripts/comparison.py's OUT/<weights>/; returns its path.
+    `found`: `evaluation_folders(folder)` when the caller has already read it."""
     parts = [f"<h1>CoDA-Net evaluations: {html.escape(folder)}</h1>"]
     costs: dict = {}
-    for d in evaluation_folders(folder):
-        metric_parts, found = _metrics(d)
+    for d, evaluations in found if found is not None else evaluation_folders(folder):
+        metric_parts, found_costs = _metrics(d, evaluations)
         parts += [f"<h2>{html.escape(os.path.relpath(d, folder))}</h2>"] + metric_parts
-        costs.update(found)
+        costs.update(found_costs)
     return _write_page(folder, parts + _costs(costs))
 
 
@@ -196,12 +199,12 @@ def _evaluations(folder: str) -> list[tuple[str, dict]]:
     return found
 
 
-def _metrics(eval_dir: str) -> tuple[list[str], dict]:
-    """Tables and figures of every evaluation in eval/*.json (`codanet evaluate ... --json`),
-    with 95 % intervals where measured; the methods' costs."""
+def _metrics(eval_dir: str, evaluations: list[tuple[str, dict]]) -> tuple[list[str], dict]:
+    """Tables and figures of the evaluations read from `eval_dir` (`_evaluations`; eval/*.json of
+    `codanet evaluate ... --json`), with 95 % intervals where measured; the methods' costs."""
     parts: list[str] = []
     costs: dict = {}
-    for name, ev in _evaluations(eval_dir):
+    for name, ev in evaluations:
         js = os.path.join(eval_dir, name)
         costs.update(ev.get("cost", {}))
         units = len(_first(ev).get("grid_means") or _first(ev).get("areas") or [])      # what was resampled

@@ -7,6 +7,7 @@ mean probability over the steps (the normalised area under the curve).
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..models.coda_net import encode
+from ..utils.io import atomic_path
 
 if TYPE_CHECKING:
     from ..explain.baselines import Attribution
@@ -60,12 +62,32 @@ def probability_curve(model: CoDANet, images: torch.Tensor, targets: torch.Tenso
     return probability_curves(model, images, targets, order, counts, batch_size).mean(0)
 
 
+def attribution_maps(method: Attribution, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64,
+                     progress: bool = True, path: str | None = None) -> torch.Tensor:
+    """(N, H, W) maps of `method` for the true labels, in batches.  With `path` the maps are kept
+    there (written atomically) and read back when a later call asks for the same number of images,
+    so the second removal order costs no second perturbation sweep (Occ-K, RISE, LIME)."""
+    if path and os.path.isfile(path):
+        kept = torch.load(path, map_location=images.device)
+        if kept.shape[0] == len(images):
+            return kept
+    maps = [method.attribute(images[s:s + batch_size], target=labels[s:s + batch_size])
+            for s in tqdm(range(0, len(images), batch_size), desc=f"attributions {getattr(method, 'name', '')}",
+                          disable=not progress, leave=False)]
+    out = torch.cat(maps) if maps else images.new_zeros(0, *images.shape[2:])
+    if path:
+        with atomic_path(path) as tmp:
+            torch.save(out.detach().cpu(), tmp)
+    return out
+
+
 def pixel_removal(model: CoDANet, method: Attribution, images: torch.Tensor, labels: torch.Tensor,
                   fraction: float = 0.25,
                   steps: int = 128, most_first: bool = False, batch_size: int = 64, progress: bool = True,
-                  ctx: Context | None = None) -> dict:
+                  ctx: Context | None = None, maps_path: str | None = None) -> dict:
     """Curve and area for one method on `images` with targets = true labels, and every image's
-    own area (`areas`, the bootstrap's units, in the order of `images`).
+    own area (`areas`, the bootstrap's units, in the order of `images`).  `maps_path`: where to
+    keep the attributions for the other order (`attribution_maps`).
 
     With a distributed `ctx` (torchrun), every rank takes images[rank::world] and the curves are
     averaged over all images, so each rank returns what one process would (up to float rounding)."""
@@ -73,12 +95,10 @@ def pixel_removal(model: CoDANet, method: Attribution, images: torch.Tensor, lab
     counts = removal_counts(num_pixels, fraction, steps)
     if ctx is not None and ctx.active:
         images, labels = ctx.shard(images), ctx.shard(labels)
-    maps = []
-    for s in tqdm(range(0, len(images), batch_size), desc=f"attributions {getattr(method, 'name', '')}",
-                  disable=not progress, leave=False):
-        maps.append(method.attribute(images[s:s + batch_size], target=labels[s:s + batch_size]))
-    if maps:
-        curves = probability_curves(model, images, labels, removal_order(torch.cat(maps), most_first), counts)
+        maps_path = maps_path and f"{maps_path}.rank{ctx.rank}of{ctx.world}"
+    maps = attribution_maps(method, images, labels, batch_size, progress, maps_path)
+    if len(maps):
+        curves = probability_curves(model, images, labels, removal_order(maps, most_first), counts)
     else:                                     # more ranks than images
         curves = torch.zeros(0, len(counts))
     rows = curves.double().cpu().tolist()

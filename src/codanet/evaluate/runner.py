@@ -80,11 +80,12 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
         images: int = 256, steps: int = 128, most_first: bool = False, dataset: str | None = None,
         data_dir: str | None = None, out: str | None = None, seed: int = 0,
         progress: bool = True, method_options: dict | None = None, device: str = "auto",
-        selection: str = "most_confident") -> dict:
+        selection: str = "most_confident", maps_dir: str | None = None) -> dict:
     """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given.  Every
     method gets a 95 % bootstrap interval of its mean and of its paired difference to CoDA
     (`intervals.with_intervals`).  `selection`: how localisation grids pick their images
-    (`make_grids`).
+    (`make_grids`).  `maps_dir` (one folder per weights): pixel removal keeps each method's maps
+    there, so the other order reuses them (`pixel_removal.attribution_maps`).
 
     Under torchrun (`torchrun --nproc_per_node=N -m codanet evaluate ...`) the grids / images are
     sharded over the ranks and the results gathered; rank 0 writes the files.  `device`: auto
@@ -106,24 +107,60 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
     entries = {name: (model, m) for name, m in attributions.items()}
     results = score(kind, entries, x, y, grid_cells=grid_cells, grid_size=n, steps=steps, most_first=most_first,
-                    seed=seed, class_names=test.classes, progress=progress, ctx=ctx)
+                    seed=seed, class_names=test.classes, progress=progress, ctx=ctx, maps_dir=maps_dir)
     costs = {name: dict(ms_per_image=method_cost(m, all_images[:4], all_labels[:4]),
                         evaluations_per_image=m.evaluations_per_image) for name, m in attributions.items()}
     summary = dict(kind=kind, checkpoint=checkpoint, sha256=checkpoint_sha256(checkpoint), dataset=test.name,
                    results=results, cost=costs, temperature=model.temperature, model=model.name,
                    processes=ctx.world, selection=selection if kind == "localisation" else None)
     if out and ctx.main:
-        summary["figure"] = png = os.path.splitext(out)[0] + ".png"
-        write_json(out, summary)                             # the numbers are safe before anything is drawn
-        plot = plot_localisation if kind == "localisation" else plot_pixel_removal
-        plot(results, png, f"{model.name} T={model.temperature:g} on {test.name}")
+        save(summary, out)
     return summary
+
+
+def save(summary: dict, out: str) -> None:
+    """Write `summary` to `out` (JSON) and its figure next to it (PNG)."""
+    summary["figure"] = png = os.path.splitext(out)[0] + ".png"
+    write_json(out, summary)                             # the numbers are safe before anything is drawn
+    plot = plot_localisation if summary["kind"] == "localisation" else plot_pixel_removal
+    plot(summary["results"], png, f"{summary['model']} T={summary['temperature']:g} on {summary['dataset']}")
+
+
+JOIN_KEYS = ("kind", "sha256", "dataset", "model", "temperature", "selection")
+
+
+def join_summaries(summaries: list[dict], sources: list[str] | None = None) -> dict:
+    """One table from evaluations of the same weights and metric made in separate runs (the cheap
+    methods in one run, occlusion and LIME in another): the methods united, the first run's
+    entry kept for a name measured twice, and every interval and difference to CoDA recomputed
+    over the shared units.  The units must be the same: the same first images for pixel removal
+    (and the same order), the same `grids` and seed for localisation (grids are drawn
+    deterministically); ValueError where a recorded setting or the number of units differs."""
+    if not summaries:
+        raise ValueError("nothing to join")
+    first = summaries[0]
+    for s in summaries[1:]:
+        if differ := [k for k in JOIN_KEYS if s.get(k) != first.get(k)]:
+            raise ValueError(f"cannot join evaluations that differ in {', '.join(differ)}")
+    results: dict = {}
+    cost: dict = {}
+    for s in summaries:
+        for name, r in s["results"].items():
+            results.setdefault(name, {k: v for k, v in r.items() if k != "difference_to_CoDA"})
+            cost.setdefault(name, s["cost"][name])
+    if len({r.get("most_first") for r in results.values()}) > 1:
+        raise ValueError("cannot join the two pixel-removal orders into one table")
+    unit = "grid_means" if first["kind"] == "localisation" else "areas"
+    for name, extra in with_intervals({name: r[unit] for name, r in results.items()}).items():
+        results[name].update({k: v for k, v in extra.items() if k != "mean"})
+    return dict(first, results=results, cost=cost, processes=max(s["processes"] for s in summaries),
+                joined_from=sources or [])
 
 
 def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: torch.Tensor, labels: torch.Tensor,
           grid_cells: list | None = None, grid_size: int = 3, steps: int = 128, most_first: bool = False,
           seed: int = 0, class_names: list[str] | None = None, progress: bool = True,
-          ctx: Context | None = None) -> dict:
+          ctx: Context | None = None, maps_dir: str | None = None) -> dict:
     """Score every entry {name: (model, method)} with one metric on the same grids (localisation:
     `grid_cells` of `images`) or the same images (pixel removal: all of `images`), so the
     differences are paired; each result gets its 95 % interval and its difference to "CoDA"
@@ -141,8 +178,9 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
                                          progress, grid_cells=cells, ctx=ctx)
             results[name].pop("scores")
         else:
+            kept = maps_dir and os.path.join(maps_dir, f"{name}-{len(images)}images.pt")
             results[name] = pixel_removal(model, method, images, labels, steps=steps, most_first=most_first,
-                                          progress=progress, ctx=ctx)
+                                          progress=progress, ctx=ctx, maps_path=kept or None)
     unit = "grid_means" if kind == "localisation" else "areas"
     for name, extra in with_intervals({name: r[unit] for name, r in results.items()}, seed=seed).items():
         results[name].update({k: v for k, v in extra.items() if k != "mean"})
