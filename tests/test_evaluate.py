@@ -367,8 +367,8 @@ def test_join_summaries_recomputes_the_paired_differences():
                          selection=None, processes=1, results=results,
                          cost={m: {"ms_per_image": 1.0} for m in methods}), **changes)
     cheap, slow = summary(["CoDA", "Grad"]), summary(["Occ9"])
-    joined = join_summaries([cheap, slow], ["a.json", "b.json"])
-    assert list(joined["results"]) == ["CoDA", "Grad", "Occ9"] and joined["joined_from"] == ["a.json", "b.json"]
+    joined = join_summaries([slow, cheap], ["b.json", "a.json"])
+    assert list(joined["results"]) == ["CoDA", "Grad", "Occ9"] and joined["joined_from"] == ["b.json", "a.json"]
     assert joined["results"]["Occ9"]["difference_to_CoDA"] == with_intervals(areas)["Occ9"]["difference_to_CoDA"]
     assert "difference_to_CoDA" not in joined["results"]["CoDA"] and set(joined["cost"]) == set(areas)
     with pytest.raises(ValueError, match="sha256"):

@@ -33,9 +33,11 @@ def plot_localisation(results: dict, path: str, title: str = "") -> str:
 def plot_pixel_removal(results: dict, path: str, title: str = "") -> str:
     """Mean target probability vs. fraction of removed pixels, one curve per method."""
     fig, ax = new_figure(figsize=(4.6, 3.4))
+    others = iter([f"tab:{c}" for c in ("blue", "orange", "green", "purple", "brown", "pink", "gray", "olive", "cyan")]
+                  + ["black", "gold"])                          # red is CoDA's alone
     for name, r in results.items():
         ax.plot([100 * f for f in r["fractions"]], r["curve"], lw=2.2 if name == "CoDA" else 1.2,
-                color="tab:red" if name == "CoDA" else None, label=f"{name} ({r['area']:.3f})")
+                color="tab:red" if name == "CoDA" else next(others, None), label=f"{name} ({r['area']:.3f})")
     order = "most" if next(iter(results.values()))["most_first"] else "least"
     ax.set_xlabel(f"% of pixels removed ({order} important first)")
     ax.set_ylabel("mean target probability")

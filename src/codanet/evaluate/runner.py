@@ -150,6 +150,8 @@ def join_summaries(summaries: list[dict], sources: list[str] | None = None) -> d
             cost.setdefault(name, s["cost"][name])
     if len({r.get("most_first") for r in results.values()}) > 1:
         raise ValueError("cannot join the two pixel-removal orders into one table")
+    order = {name: i for i, name in enumerate(ALL_METHODS)}                # the methods' usual order, CoDA first
+    results = dict(sorted(results.items(), key=lambda item: order.get(item[0], len(order))))
     unit = "grid_means" if first["kind"] == "localisation" else "areas"
     for name, extra in with_intervals({name: r[unit] for name, r in results.items()}).items():
         results[name].update({k: v for k, v in extra.items() if k != "mean"})
