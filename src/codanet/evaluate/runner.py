@@ -152,9 +152,7 @@ def join_summaries(summaries: list[dict], sources: list[str] | None = None) -> d
         raise ValueError("cannot join the two pixel-removal orders into one table")
     order = {name: i for i, name in enumerate(ALL_METHODS)}                # the methods' usual order, CoDA first
     results = dict(sorted(results.items(), key=lambda item: order.get(item[0], len(order))))
-    unit = "grid_means" if first["kind"] == "localisation" else "areas"
-    for name, extra in with_intervals({name: r[unit] for name, r in results.items()}).items():
-        results[name].update({k: v for k, v in extra.items() if k != "mean"})
+    add_intervals(first["kind"], results)
     return dict(first, results=results, cost=cost, processes=max(s["processes"] for s in summaries),
                 joined_from=sources or [])
 
@@ -183,6 +181,12 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
             kept = maps_dir and os.path.join(maps_dir, f"{name}-{len(images)}images.pt")
             results[name] = pixel_removal(model, method, images, labels, steps=steps, most_first=most_first,
                                           progress=progress, ctx=ctx, maps_path=kept or None)
+    return add_intervals(kind, results, seed)
+
+
+def add_intervals(kind: str, results: dict, seed: int = 0) -> dict:
+    """Give every result its 95 % interval and its paired difference to CoDA over its units
+    (grids for localisation, images for pixel removal); `results` is updated and returned."""
     unit = "grid_means" if kind == "localisation" else "areas"
     for name, extra in with_intervals({name: r[unit] for name, r in results.items()}, seed=seed).items():
         results[name].update({k: v for k, v in extra.items() if k != "mean"})
