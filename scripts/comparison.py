@@ -1,6 +1,6 @@
 """The paper's central comparison on the shipped models, resumable (docs/paper-vs-codanet.md).
 
-    .venv/bin/python scripts/comparison.py [--weights coda_cpu:fashion_mnist,coda_cpu:mnist_5k]
+    .venv/bin/python scripts/comparison.py [--weights coda_cpu:fashion_mnist,coda_cpu:mnist_5k,PATH.safetensors]
         [--parts localisation,removal,sanity] [--methods all] [--grids 250] [--images 1000]
         [--out runs/comparison] [--join OUT1,OUT2,...]
 
@@ -51,9 +51,17 @@ def measure(weights: str, part: str, name: str, options: dict, args, out: str) -
     return run("pixel-removal", weights, methods, images=args.images, steps=128, out=out, maps_dir=maps, **options)
 
 
+def weights_folder(weights: str) -> str:
+    """OUT's subfolder for `weights`: a shipped name as `model-tag`; a checkpoint path, which may
+    name any trained model (a study's, say), as its path with separators as dashes, less the suffix:
+    `runs/t4/T49/model.safetensors` -> `runs-t4-T49-model`."""
+    stem = weights.removesuffix(".safetensors").removesuffix(".pt").strip("/")
+    return stem.replace(os.sep, "-").replace(":", "-")
+
+
 def join(folders: list[str], weights: str, name: str, out: str) -> dict:
     """OUT/<weights>/<part>.json from the same file in each of `folders` that has it."""
-    sources = [p for d in folders if os.path.isfile(p := os.path.join(d, weights.replace(":", "-"), name + ".json"))]
+    sources = [p for d in folders if os.path.isfile(p := os.path.join(d, weights_folder(weights), name + ".json"))]
     if not sources:
         raise FileNotFoundError(f"no {name}.json for {weights} in {', '.join(folders)}")
     summaries = []
@@ -80,7 +88,7 @@ def main() -> None:
     for weights in args.weights.split(","):
         for part in args.parts.split(","):
             for name, options in PARTS[part]:
-                out = os.path.join(args.out, weights.replace(":", "-"), name + ".json")
+                out = os.path.join(args.out, weights_folder(weights), name + ".json")
                 if args.join:
                     summary = join(args.join.split(","), weights, name, out)
                 else:

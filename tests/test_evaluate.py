@@ -470,3 +470,41 @@ def test_a_finished_part_of_a_study_is_read_back_not_measured_again(tmp_path):
         return {"score": 0.25, "figure": "x.png"}
     assert resume_json(str(mine), writes_itself)["score"] == 0.25
     assert mine.stat().st_mtime == 1                                    # not written a second time
+
+
+def _script(name: str):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_removal_gap_reads_each_models_settings_and_paired_differences(tmp_path):
+    """scripts/removal_gap.py: one row per weights folder with both orders, its T, epochs and accuracy
+    read from the checkpoint and rival - CoDA as the evaluation recorded it; a folder with one order
+    is left out; comparison.py names a checkpoint path's folder after the path."""
+    import json
+
+    from codanet.evaluate.intervals import with_intervals
+    gap, comparison = _script("removal_gap"), _script("comparison")
+    assert comparison.weights_folder("runs/t4/T49/model.safetensors") == "runs-t4-T49-model"
+    assert comparison.weights_folder("coda_cpu:mnist_5k") == "coda_cpu-mnist_5k"
+    rng = torch.Generator().manual_seed(0)
+    for folder, orders in (("a", gap.ORDERS), ("b", gap.ORDERS[:1])):
+        (tmp_path / folder).mkdir()
+        for order in orders:
+            areas = {m: torch.rand(40, generator=rng).tolist() for m in ("CoDA", "Occ5")}
+            results = {m: dict(area=sum(a) / 40, areas=a, **r) for (m, a), r in
+                       zip(areas.items(), with_intervals(areas).values())}
+            (tmp_path / folder / f"{order}.json").write_text(json.dumps(dict(
+                checkpoint="coda_cpu:mnist_5k", sha256="ab" * 32, results=results)))
+    rows = [r for d in ("a", "b") if (r := gap.model_row(str(tmp_path / d), "Occ5"))]
+    assert len(rows) == 1 and rows[0]["T"] == 500 and rows[0]["epochs"] == 15 and rows[0]["images"] == 40
+    recorded = json.loads((tmp_path / "a" / f"{gap.ORDERS[1]}.json").read_text())["results"]["Occ5"]
+    assert rows[0]["diff"][1] == recorded["difference_to_CoDA"]
+    text = gap.table(rows, "Occ5")
+    assert "| T=500, 15 ep, crop_flip | 97.60 % | 40 |" in text
+    assert gap.figure(rows, "Occ5", str(tmp_path / "gap.png")) and (tmp_path / "gap.png").stat().st_size > 0
