@@ -91,7 +91,7 @@ def main() -> None:
     if not os.path.isdir(args.out):
         p.error(f"{args.out} is not a folder")
     found = [model_row(os.path.join(args.out, d), args.rival) for d in sorted(os.listdir(args.out))]
-    rows = sorted((r for r in found if r), key=lambda r: (r["augment"], r["epochs"], r["lam"], r["T"]))
+    rows = sorted((r for r in found if r), key=lambda r: (r["augment"] != "none", r["epochs"], r["lam"], r["T"]))
     if not rows:
         p.error(f"no model in {args.out} has both removal orders with CoDA and {args.rival}")
     text = table(rows, args.rival)
