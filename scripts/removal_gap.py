@@ -37,7 +37,7 @@ def model_row(folder: str, rival: str) -> dict | None:
     if any(rival not in r for r in results):
         return None
     checkpoint = orders[0]["checkpoint"]
-    state, _ = read_state(checkpoint if os.path.isfile(checkpoint) else resolve_weights(checkpoint))
+    state, _ = read_state(resolve_weights(checkpoint))                    # a shipped name or the path itself
     cfg = state["config"]
     return dict(weights=checkpoint, sha256=orders[0]["sha256"][:12], T=float(cfg["temperature"]),
                 lam=float(cfg.get("lam", 0.0)), epochs=cfg["epochs"], augment=cfg.get("augment", "none"),
