@@ -15,8 +15,9 @@ the best post-hoc explanation of an ordinary ResNet of similar accuracy?  (docs/
    the CoDA-Net against every post-hoc method on the ResNet.
 3. Pixel removal (both orders, 128 steps) on the same test images, each model's own probability.
 
-Writes OUT/resnet56.safetensors, OUT/training.json, OUT/<part>.json and OUT/tables.md; a part
-whose JSON exists is skipped.
+Writes OUT/resnet56.safetensors, OUT/training.json, OUT/<part>.json with its figure OUT/<part>.png,
+OUT/tables.md and OUT/report.html (the HTML report; `codanet report OUT` rebuilds it); a part whose
+JSON exists is skipped.
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ from tqdm import tqdm
 
 from codanet.data.augment import make_batch
 from codanet.evaluate.localisation import confident_images, make_grids
+from codanet.evaluate.plots import plot_localisation, plot_pixel_removal
 from codanet.evaluate.runner import checkpoint_sha256, format_table, load_for_evaluation, method_cost, score
 from codanet.explain.baselines import CoDA, make_methods
 from codanet.models.posthoc import PlainClassifier, resnet56
+from codanet.report import build_evaluation_report
 from codanet.train.config import make_config
 from codanet.train.setup import evaluate_accuracy, learning_rate, load_splits
 from codanet.utils.io import atomic_path, resume_json, write_json, write_text
@@ -143,10 +146,13 @@ def main() -> None:
             continue
         summary = resume_json(os.path.join(args.out, name + ".json"),
                               partial(compare, kind, coda, resnet, methods, images, labels, args, **options))
+        plot = plot_localisation if kind == "localisation" else plot_pixel_removal
+        plot(summary["results"], os.path.join(args.out, name + ".png"), f"CoDA ({args.weights}) vs ResNet-56: {name}")
         tables.append(f"## {name} (CoDA: {args.weights}, sha256 {str(summary['sha256'])[:12]}; others: ResNet-56)\n\n"
                       + format_table(summary))
     write_text(os.path.join(args.out, "tables.md"), "\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
+    print(f"wrote {os.path.join(args.out, 'tables.md')} and {build_evaluation_report(args.out)}")
 
 
 if __name__ == "__main__":

@@ -508,3 +508,26 @@ def test_removal_gap_reads_each_models_settings_and_paired_differences(tmp_path)
     text = gap.table(rows, "Occ5")
     assert "| T=500, 15 ep, crop_flip | 97.60 % | 40 |" in text
     assert gap.figure(rows, "Occ5", str(tmp_path / "gap.png")) and (tmp_path / "gap.png").stat().st_size > 0
+
+
+def test_resnet_baseline_script_writes_figures_and_report_and_resumes(tmp_path, monkeypatch):
+    """scripts/resnet_baseline.py end to end on a shipped MNIST-5k model and a ResNet-56 trained for
+    two steps: each part's JSON, figure and the HTML report; run again, nothing is retrained or
+    measured again."""
+    import json
+    import sys
+    script = _script("resnet_baseline")
+    argv = ["resnet_baseline", "--weights", "coda_cpu:mnist_5k", "--epochs", "1", "--max-train-images", "128",
+            "--methods", "Grad", "--parts", "removal_least_first", "--images", "4", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    part = json.loads((tmp_path / "removal_least_first.json").read_text())
+    assert set(part["results"]) == {"CoDA", "Grad"} and len(part["results"]["Grad"]["areas"]) == 4
+    assert (tmp_path / "removal_least_first.png").stat().st_size > 0
+    page = (tmp_path / "report.html").read_text()
+    assert "least important first, 4 images" in page and "<td>Grad</td>" in page
+    def written() -> dict:
+        return {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.suffix in (".json", ".safetensors")}
+    before = written()
+    script.main()
+    assert written() == before and "training.json" in before
