@@ -525,7 +525,7 @@ def test_resnet_baseline_script_writes_figures_and_report_and_resumes(tmp_path, 
     assert set(part["results"]) == {"CoDA", "Grad"} and len(part["results"]["Grad"]["areas"]) == 4
     assert (tmp_path / "removal_least_first.png").stat().st_size > 0
     page = (tmp_path / "report.html").read_text()
-    assert "least important first, 4 images" in page and "<td>Grad</td>" in page
+    assert "least important first, 4 images" in page and "<td>Grad</td>" in page and "<h2>.</h2>" not in page
     def written() -> dict:
         return {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.suffix in (".json", ".safetensors")}
     before = written()
