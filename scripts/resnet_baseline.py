@@ -32,8 +32,7 @@ from tqdm import tqdm
 
 from codanet.data.augment import make_batch
 from codanet.evaluate.localisation import confident_images, make_grids
-from codanet.evaluate.plots import plot_localisation, plot_pixel_removal
-from codanet.evaluate.runner import checkpoint_sha256, format_table, load_for_evaluation, method_cost, score
+from codanet.evaluate.runner import checkpoint_sha256, draw, format_table, load_for_evaluation, method_cost, score
 from codanet.explain.baselines import CoDA, make_methods
 from codanet.models.posthoc import PlainClassifier, resnet56
 from codanet.report import build_evaluation_report
@@ -146,8 +145,7 @@ def main() -> None:
             continue
         summary = resume_json(os.path.join(args.out, name + ".json"),
                               partial(compare, kind, coda, resnet, methods, images, labels, args, **options))
-        plot = plot_localisation if kind == "localisation" else plot_pixel_removal
-        plot(summary["results"], os.path.join(args.out, name + ".png"), f"CoDA ({args.weights}) vs ResNet-56: {name}")
+        draw(summary, os.path.join(args.out, name + ".png"), f"CoDA ({args.weights}) vs ResNet-56: {name}")
         tables.append(f"## {name} (CoDA: {args.weights}, sha256 {str(summary['sha256'])[:12]}; others: ResNet-56)\n\n"
                       + format_table(summary))
     write_text(os.path.join(args.out, "tables.md"), "\n\n".join(tables) + "\n")

@@ -122,8 +122,13 @@ def save(summary: dict, out: str) -> None:
     """Write `summary` to `out` (JSON) and its figure next to it (PNG)."""
     summary["figure"] = png = os.path.splitext(out)[0] + ".png"
     write_json(out, summary)                             # the numbers are safe before anything is drawn
+    draw(summary, png, f"{summary['model']} T={summary['temperature']:g} on {summary['dataset']}")
+
+
+def draw(summary: dict, png: str, title: str) -> str:
+    """The figure of a localisation (bars) or pixel-removal (curves) summary, written to `png`."""
     plot = plot_localisation if summary["kind"] == "localisation" else plot_pixel_removal
-    plot(summary["results"], png, f"{summary['model']} T={summary['temperature']:g} on {summary['dataset']}")
+    return plot(summary["results"], png, title)
 
 
 JOIN_KEYS = ("kind", "sha256", "dataset", "model", "temperature", "selection")
