@@ -120,8 +120,8 @@ def build_evaluation_report(folder: str, found: list | None = None) -> str:
     costs: dict = {}
     for d, evaluations in found if found is not None else evaluation_folders(folder):
         metric_parts, found_costs = _metrics(d, evaluations)
-        heading = [] if os.path.samefile(d, folder) else [f"<h2>{html.escape(os.path.relpath(d, folder))}</h2>"]
-        parts += heading + metric_parts                   # FOLDER's own JSONs need no subheading
+        heading = [] if d == folder else [f"<h2>{html.escape(os.path.relpath(d, folder))}</h2>"]
+        parts += heading + metric_parts       # FOLDER's own JSONs (evaluation_folders lists it as is) need none
         costs.update(found_costs)
     return _write_page(folder, parts + _costs(costs))
 
