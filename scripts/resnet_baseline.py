@@ -2,14 +2,15 @@
 the best post-hoc explanation of an ordinary ResNet of similar accuracy?  (docs/evaluation.md)
 
     .venv/bin/python scripts/resnet_baseline.py [--weights coda_cpu:fashion_mnist] [--epochs 4]
-        [--methods Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM] [--grids 250] [--images 1000]
-        [--out runs/resnet_baseline]
+        [--resnet FILE] [--methods Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM] [--grids 250]
+        [--images 1000] [--out runs/resnet_baseline]
 
 1. Trains ResNet-56 (CIFAR layout, codanet.models.posthoc.resnet56) on the CoDA model's data set
    with the binary cross-entropy a CoDA-Net is trained with (so both models' logits are read as
    sigmoid probabilities by every metric), Adam, lr 1e-3 decaying linearly to 2 %, batch 64,
    crop-and-flip.  Resumable: weights, optimiser and history are written after every epoch
-   (atomically); an interrupted epoch is run again.
+   (atomically); an interrupted epoch is run again.  `--resnet FILE` loads trained weights instead
+   (the 4-epoch Fashion-MNIST ResNet the docs measure ships in scripts/weights/, with its card).
 2. Localisation on grids that both models classify correctly and confidently (the same grids for
    both, so the differences are paired), under both selection protocols: CoDA's contributions on
    the CoDA-Net against every post-hoc method on the ResNet.
@@ -17,7 +18,8 @@ the best post-hoc explanation of an ordinary ResNet of similar accuracy?  (docs/
 
 Writes OUT/resnet56.safetensors, OUT/training.json, OUT/<part>.json with its figure OUT/<part>.png,
 OUT/tables.md and OUT/report.html (the HTML report; `codanet report OUT` rebuilds it); a part whose
-JSON exists is skipped.
+JSON exists is skipped, and within a part each method's finished work is kept in OUT/kept/
+(`runner.score`).  Every part names both models' weights by sha256.
 """
 from __future__ import annotations
 
@@ -31,14 +33,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codanet.data.augment import make_batch
+from codanet.data.datasets import Dataset
 from codanet.evaluate.localisation import confident_images, make_grids
 from codanet.evaluate.runner import checkpoint_sha256, draw, format_table, load_for_evaluation, method_cost, score
 from codanet.explain.baselines import CoDA, make_methods
 from codanet.models.posthoc import PlainClassifier, resnet56
+from codanet.models.pretrained import sha256_of
 from codanet.report import build_evaluation_report
 from codanet.train.config import make_config
 from codanet.train.setup import evaluate_accuracy, learning_rate, load_splits
 from codanet.utils.io import atomic_path, resume_json, write_json, write_text
+
+# the 4-epoch ResNet the docs measure (card: scripts/weights/resnet56-fashion_mnist.md)
+RESNET_FASHION_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights",
+                                    "resnet56-fashion_mnist.safetensors")
 
 
 def _save(model: PlainClassifier, optimizer, history: list, out: str) -> None:
@@ -92,6 +100,17 @@ def train_resnet(dataset: str, epochs: int, out: str, lr: float = 1e-3, batch_si
     return model.eval()
 
 
+def load_resnet(path: str, test_set: Dataset) -> PlainClassifier:
+    """A ResNet-56 for `test_set`'s classes with the trained weights in `path` (a state dict of `model.net`)."""
+    from safetensors.torch import load_file
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no ResNet-56 weights at {path}")
+    model = resnet56(test_set.num_classes, test_set.channels)
+    model.class_names = list(test_set.classes)
+    model.net.load_state_dict(load_file(path))
+    return model.eval()
+
+
 def joint_pools(a: dict, b: dict) -> dict:
     """Per class, the images both models classify correctly and confidently, ordered by the sum of
     their confidence ranks in the two models (the most confident for both first)."""
@@ -108,15 +127,18 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
     """One table: CoDA's contributions on the CoDA-Net, every post-hoc method on the ResNet, scored
     on the same grids / images (paired intervals of the difference to CoDA)."""
     entries = {"CoDA": (coda, CoDA(coda)), **{name: (resnet, m) for name, m in methods.items()}}
+    kept = os.path.join(args.out, "kept")       # each method's finished work: a stopped part resumes
     if kind == "localisation":
         pools = joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
         cells = make_grids(pools, 3, args.grids, 0, options["selection"])
-        results = score(kind, entries, images, labels, grid_cells=cells)
+        results = score(kind, entries, images, labels, grid_cells=cells, keep_dir=kept)
     else:
-        results = score(kind, entries, images[:args.images], labels[:args.images], most_first=options["most_first"])
+        results = score(kind, entries, images[:args.images], labels[:args.images], most_first=options["most_first"],
+                        keep_dir=kept)
     cost = {name: dict(ms_per_image=method_cost(m, images[:4], labels[:4])) for name, (_, m) in entries.items()}
     return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
-                cost=cost, models=dict(CoDA=coda.name, others="resnet56"), **options)
+                cost=cost, models=dict(CoDA=coda.name, others="resnet56"), resnet_sha256=sha256_of(args.resnet_file),
+                **options)
 
 
 PARTS = [("localisation_most_confident", "localisation", dict(selection="most_confident")),
@@ -129,6 +151,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default="coda_cpu:fashion_mnist")
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--resnet", default=None, help="trained ResNet-56 weights to load instead of training one")
     p.add_argument("--methods", default="Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM")
     p.add_argument("--parts", default=",".join(name for name, _, _ in PARTS))
     p.add_argument("--grids", type=int, default=250)
@@ -137,7 +160,11 @@ def main() -> None:
     p.add_argument("--out", default="runs/resnet_baseline")
     args = p.parse_args()
     coda, images, labels, test = load_for_evaluation(args.weights)
-    resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
+    if args.resnet:
+        resnet, args.resnet_file = load_resnet(args.resnet, test), args.resnet
+    else:
+        resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
+        args.resnet_file = os.path.join(args.out, "resnet56.safetensors")
     methods = make_methods(resnet, args.methods.split(","), images.shape[-1])
     tables = []
     for name, kind, options in PARTS:
@@ -146,7 +173,8 @@ def main() -> None:
         summary = resume_json(os.path.join(args.out, name + ".json"),
                               partial(compare, kind, coda, resnet, methods, images, labels, args, **options))
         draw(summary, os.path.join(args.out, name + ".png"), f"CoDA ({args.weights}) vs ResNet-56: {name}")
-        tables.append(f"## {name} (CoDA: {args.weights}, sha256 {str(summary['sha256'])[:12]}; others: ResNet-56)\n\n"
+        tables.append(f"## {name} (CoDA: {args.weights}, sha256 {str(summary['sha256'])[:12]}; others: ResNet-56, "
+                      f"sha256 {str(summary.get('resnet_sha256'))[:12]})\n\n"
                       + format_table(summary))
     write_text(os.path.join(args.out, "tables.md"), "\n\n".join(tables) + "\n")
     print("\n\n".join(tables))

@@ -456,6 +456,34 @@ def test_scoring_pairs_each_method_with_its_own_model_on_the_same_grids():
         score("area", {"CoDA": (coda, CoDA(coda))}, images, labels)
 
 
+def test_scoring_keeps_each_finished_method_so_a_stopped_part_resumes(tmp_path):
+    """`score(keep_dir=...)`: a part stopped during its second method, run again, reads the first
+    method's kept localisation result instead of measuring it; other grids are measured anew."""
+    from codanet.evaluate.runner import score
+    model = tiny_model("coda_cpu").double()
+    images, labels = torch.rand(8, 1, 6, 6, dtype=torch.float64), torch.arange(8) % 4
+    grids = [[(0, 0), (1, 1), (2, 2), (3, 3)], [(0, 4), (1, 5), (2, 6), (3, 7)]]
+    grad = make_methods(model, ["Grad"], 12)["Grad"]
+
+    class Stops(CoDA):
+        def attribute_all_classes(self, inputs):
+            raise KeyboardInterrupt                                  # the run is stopped here
+    run = lambda entries, cells: score("localisation", entries, images, labels, grid_cells=cells,  # noqa: E731
+                                       grid_size=2, progress=False, keep_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run({"Grad": (model, grad), "CoDA": (model, Stops(model))}, grids)
+    assert [p.name.split("-")[:2] for p in tmp_path.iterdir()] == [["Grad", "2grids"]]
+
+    refuses = make_methods(model, ["Grad"], 12)["Grad"]
+    refuses.attribute = lambda *a, **k: pytest.fail("the kept result should have been used")
+    again = run({"Grad": (model, refuses), "CoDA": (model, CoDA(model))}, grids)
+    fresh = run({"Grad": (model, grad), "CoDA": (model, CoDA(model))}, grids[:1])   # other grids: measured
+    alone = localisation(model, grad, images, labels, grid_size=2, progress=False, grid_cells=grids)
+    assert again["Grad"]["grid_means"] == pytest.approx(alone["grid_means"])
+    assert fresh["Grad"]["grid_means"] == pytest.approx(alone["grid_means"][:1])
+    assert "difference_to_CoDA" in again["Grad"] and len(list(tmp_path.iterdir())) == 4
+
+
 def test_a_finished_part_of_a_study_is_read_back_not_measured_again(tmp_path):
     from codanet.utils.io import resume_json
     calls = []
@@ -531,3 +559,23 @@ def test_resnet_baseline_script_writes_figures_and_report_and_resumes(tmp_path, 
     before = written()
     script.main()
     assert written() == before and "training.json" in before
+    # --resnet loads trained weights instead of training; each part names them by sha256
+    from codanet.models.pretrained import sha256_of
+    weights, other = tmp_path / "resnet56.safetensors", tmp_path / "loaded"
+    assert part["resnet_sha256"] == sha256_of(str(weights))
+    monkeypatch.setattr(sys, "argv", argv[:-1] + [str(other), "--resnet", str(weights)])
+    script.main()
+    loaded = json.loads((other / "removal_least_first.json").read_text())
+    assert loaded["resnet_sha256"] == part["resnet_sha256"] and not (other / "training.json").exists()
+    assert loaded["results"]["Grad"]["areas"] == part["results"]["Grad"]["areas"]
+    with pytest.raises(FileNotFoundError, match="no ResNet-56 weights"):
+        script.load_resnet(str(tmp_path / "missing.safetensors"), None)
+
+
+def test_shipped_resnet_baseline_is_the_one_the_docs_measured():
+    """The ResNet-56 weights shipped for the baseline are the file whose sha256 the docs quote."""
+    from codanet.models.pretrained import sha256_of
+    path = _script("resnet_baseline").RESNET_FASHION_MNIST
+    assert sha256_of(path).startswith("bbf329804582")
+    card = open(path.replace(".safetensors", ".md")).read()
+    assert sha256_of(path) in card
