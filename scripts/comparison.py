@@ -8,9 +8,10 @@ For every weights: localisation on `--grids` 3x3 grids under both selection prot
 confident, random), pixel removal in both orders at 128 steps over `--images` test images, and the
 cascading-randomisation sanity check; each as OUT/<weights>/<part>.json + .png (the runner's files)
 and every table, with 95 % intervals, in OUT/tables.md and OUT/report.html (`codanet report OUT`).
-A part whose JSON exists is skipped, so the script can be stopped and run again until everything
-is measured.  `--join` measures nothing: it unites the methods that earlier runs measured on the
-same weights, part and units into OUT (`runner.join_summaries`), so a slow method can run apart.
+A part whose JSON exists is skipped, and within a part each method's finished work is kept in
+OUT/<weights>/kept/, so the script can be stopped and run again until everything is measured.
+`--join` measures nothing: it unites the methods that earlier runs measured on the same weights,
+part and units into OUT (`runner.join_summaries`), so a slow method can run apart.
 """
 from __future__ import annotations
 
@@ -45,10 +46,10 @@ def measure(weights: str, part: str, name: str, options: dict, args, out: str) -
     if part == "sanity":
         return run_sanity(weights, [m for m in methods if m in FAST_METHODS or m == "AbsGrad"],
                           images=args.sanity_images, out=out)
+    kept = os.path.join(os.path.dirname(out), "kept")      # each method's finished work (runner.score)
     if part == "localisation":
-        return run("localisation", weights, methods, grids=args.grids, out=out, **options)
-    maps = os.path.join(os.path.dirname(out), "removal_maps")      # one attribution sweep serves both orders
-    return run("pixel-removal", weights, methods, images=args.images, steps=128, out=out, maps_dir=maps, **options)
+        return run("localisation", weights, methods, grids=args.grids, out=out, keep_dir=kept, **options)
+    return run("pixel-removal", weights, methods, images=args.images, steps=128, out=out, keep_dir=kept, **options)
 
 
 def weights_folder(weights: str) -> str:

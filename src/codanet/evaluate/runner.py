@@ -1,8 +1,11 @@
 """Run the metrics for a trained checkpoint: `codanet evaluate localisation|pixel-removal CKPT`."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -80,12 +83,13 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
         images: int = 256, steps: int = 128, most_first: bool = False, dataset: str | None = None,
         data_dir: str | None = None, out: str | None = None, seed: int = 0,
         progress: bool = True, method_options: dict | None = None, device: str = "auto",
-        selection: str = "most_confident", maps_dir: str | None = None) -> dict:
+        selection: str = "most_confident", keep_dir: str | None = None) -> dict:
     """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given.  Every
     method gets a 95 % bootstrap interval of its mean and of its paired difference to CoDA
     (`intervals.with_intervals`).  `selection`: how localisation grids pick their images
-    (`make_grids`).  `maps_dir` (one folder per weights): pixel removal keeps each method's maps
-    there, so the other order reuses them (`pixel_removal.attribution_maps`).
+    (`make_grids`).  `keep_dir` (one folder per weights): each method's finished work is kept
+    there (`score`), so a stopped run resumes with the next method and the other removal order
+    reuses the maps.
 
     Under torchrun (`torchrun --nproc_per_node=N -m codanet evaluate ...`) the grids / images are
     sharded over the ranks and the results gathered; rank 0 writes the files.  `device`: auto
@@ -107,7 +111,7 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
     entries = {name: (model, m) for name, m in attributions.items()}
     results = score(kind, entries, x, y, grid_cells=grid_cells, grid_size=n, steps=steps, most_first=most_first,
-                    seed=seed, class_names=test.classes, progress=progress, ctx=ctx, maps_dir=maps_dir)
+                    seed=seed, class_names=test.classes, progress=progress, ctx=ctx, keep_dir=keep_dir)
     costs = {name: dict(ms_per_image=method_cost(m, all_images[:4], all_labels[:4]),
                         evaluations_per_image=m.evaluations_per_image) for name, m in attributions.items()}
     summary = dict(kind=kind, checkpoint=checkpoint, sha256=checkpoint_sha256(checkpoint), dataset=test.name,
@@ -165,12 +169,17 @@ def join_summaries(summaries: list[dict], sources: list[str] | None = None) -> d
 def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: torch.Tensor, labels: torch.Tensor,
           grid_cells: list | None = None, grid_size: int = 3, steps: int = 128, most_first: bool = False,
           seed: int = 0, class_names: list[str] | None = None, progress: bool = True,
-          ctx: Context | None = None, maps_dir: str | None = None) -> dict:
+          ctx: Context | None = None, keep_dir: str | None = None) -> dict:
     """Score every entry {name: (model, method)} with one metric on the same grids (localisation:
     `grid_cells` of `images`) or the same images (pixel removal: all of `images`), so the
     differences are paired; each result gets its 95 % interval and its difference to "CoDA"
     (`intervals.with_intervals`).  `run` passes one model for every method; a baseline study may
-    pair each method with its own model (scripts/resnet_baseline.py)."""
+    pair each method with its own model (scripts/resnet_baseline.py).
+
+    `keep_dir` (one folder per pair of models): each method's finished work is kept there, so a
+    stopped run, run again, goes on with the next method.  Pixel removal keeps the maps (both
+    orders share them, `pixel_removal.attribution_maps`); localisation keeps the method's result
+    on these grids, in a file named by the method and a hash of the grids."""
     if kind not in ("localisation", "pixel-removal"):
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
     cells = grid_cells or []
@@ -179,14 +188,35 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     results = {}
     for name, (model, method) in entries.items():
         if kind == "localisation":
-            results[name] = localisation(model, method, images, labels, grid_size, len(cells), seed, class_names,
-                                         progress, grid_cells=cells, ctx=ctx)
-            results[name].pop("scores")
+            def measure(model=model, method=method) -> dict:
+                result = localisation(model, method, images, labels, grid_size, len(cells), seed, class_names,
+                                      progress, grid_cells=cells, ctx=ctx)
+                result.pop("scores")
+                return result
+            kept = keep_dir and os.path.join(keep_dir, f"{name}-{len(cells)}grids-{_grids_hash(cells)}.json")
+            results[name] = _kept(kept or None, measure, ctx)
         else:
-            kept = maps_dir and os.path.join(maps_dir, f"{name}-{len(images)}images.pt")
+            kept = keep_dir and os.path.join(keep_dir, f"{name}-{len(images)}images.pt")
             results[name] = pixel_removal(model, method, images, labels, steps=steps, most_first=most_first,
                                           progress=progress, ctx=ctx, maps_path=kept or None)
     return add_intervals(kind, results, seed)
+
+
+def _grids_hash(cells: list) -> str:
+    """12 hex digits that change with any (class, image) cell of any grid."""
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:12]
+
+
+def _kept(path: str | None, measure: Callable[[], dict], ctx: Context | None) -> dict:
+    """What an earlier run kept at `path`, else `measure()`, kept there by rank 0 (every rank
+    takes the same branch, so sharded work stays in step)."""
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    result = measure()
+    if path and (ctx is None or ctx.main):
+        write_json(path, result)
+    return result
 
 
 def add_intervals(kind: str, results: dict, seed: int = 0) -> dict:
