@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,7 +16,7 @@ from ..models.pretrained import resolve_weights, sha256_of
 from ..train import distributed
 from ..train.checkpoint import load_model
 from ..train.setup import select_device
-from ..utils.io import write_json
+from ..utils.io import resume_json, write_json
 from .intervals import with_intervals
 from .localisation import confident_images, localisation, make_grids
 from .pixel_removal import pixel_removal
@@ -193,8 +192,11 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
                                       progress, grid_cells=cells, ctx=ctx)
                 result.pop("scores")
                 return result
-            kept = keep_dir and os.path.join(keep_dir, f"{name}-{len(cells)}grids-{_grids_hash(cells)}.json")
-            results[name] = _kept(kept or None, measure, ctx)
+            if keep_dir:          # every rank reads the same kept file, so sharded work stays in step
+                path = os.path.join(keep_dir, f"{name}-{len(cells)}grids-{_grids_hash(cells)}.json")
+                results[name] = resume_json(path, measure, write=ctx is None or ctx.main)
+            else:
+                results[name] = measure()
         else:
             kept = keep_dir and os.path.join(keep_dir, f"{name}-{len(images)}images.pt")
             results[name] = pixel_removal(model, method, images, labels, steps=steps, most_first=most_first,
@@ -205,18 +207,6 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
 def _grids_hash(cells: list) -> str:
     """12 hex digits that change with any (class, image) cell of any grid."""
     return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:12]
-
-
-def _kept(path: str | None, measure: Callable[[], dict], ctx: Context | None) -> dict:
-    """What an earlier run kept at `path`, else `measure()`, kept there by rank 0 (every rank
-    takes the same branch, so sharded work stays in step)."""
-    if path and os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    result = measure()
-    if path and (ctx is None or ctx.main):
-        write_json(path, result)
-    return result
 
 
 def add_intervals(kind: str, results: dict, seed: int = 0) -> dict:

@@ -66,16 +66,16 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def resume_json(path: str, measure: Callable[[], dict]) -> dict:
+def resume_json(path: str, measure: Callable[[], dict], write: bool = True) -> dict:
     """One part of a resumable study: the JSON at `path` when an earlier run finished it, else
     `measure()`, written there atomically (so a stopped study, run again, skips what is done).
     A `measure` that writes `path` itself (training's summary.json, `runner.run(out=path)`) is
-    not written over."""
+    not written over; `write=False` (a torchrun rank other than 0) reads but never writes."""
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)
     result = measure()
-    if not os.path.isfile(path):
+    if write and not os.path.isfile(path):
         write_json(path, result)
     return result
 
