@@ -44,6 +44,7 @@ from codanet.train.config import make_config
 from codanet.train.setup import evaluate_accuracy, learning_rate, load_splits
 from codanet.utils.io import atomic_path, resume_json, write_json, write_text
 
+WEIGHTS = "resnet56.safetensors"                # OUT/WEIGHTS: the ResNet this script trains
 # the 4-epoch ResNet the docs measure (card: scripts/weights/resnet56-fashion_mnist.md)
 RESNET_FASHION_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights",
                                     "resnet56-fashion_mnist.safetensors")
@@ -51,7 +52,7 @@ RESNET_FASHION_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 
 def _save(model: PlainClassifier, optimizer, history: list, out: str) -> None:
     from safetensors.torch import save_file
-    with atomic_path(os.path.join(out, "resnet56.safetensors")) as tmp:
+    with atomic_path(os.path.join(out, WEIGHTS)) as tmp:
         save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, tmp)
     with atomic_path(os.path.join(out, "optimizer.pt")) as tmp:
         torch.save(optimizer.state_dict(), tmp)
@@ -64,7 +65,7 @@ def _restore(model: PlainClassifier, optimizer, out: str) -> list:
     if not os.path.isfile(path):
         return []
     from safetensors.torch import load_file
-    model.net.load_state_dict(load_file(os.path.join(out, "resnet56.safetensors")))
+    model.net.load_state_dict(load_file(os.path.join(out, WEIGHTS)))
     optimizer.load_state_dict(torch.load(os.path.join(out, "optimizer.pt"), weights_only=True))
     with open(path) as f:
         return json.load(f)["history"]
@@ -74,8 +75,7 @@ def train_resnet(dataset: str, epochs: int, out: str, lr: float = 1e-3, batch_si
                  max_train_images: int | None = None) -> PlainClassifier:
     train_set, test_set = load_splits(make_config(dict(dataset=dataset, max_train_images=max_train_images)))
     torch.manual_seed(seed)
-    model = resnet56(train_set.num_classes, train_set.channels)
-    model.class_names = list(train_set.classes)
+    model = new_resnet(train_set)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = _restore(model, optimizer, out)
     steps = len(train_set) // batch_size
@@ -105,10 +105,16 @@ def load_resnet(path: str, test_set: Dataset) -> PlainClassifier:
     from safetensors.torch import load_file
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no ResNet-56 weights at {path}")
-    model = resnet56(test_set.num_classes, test_set.channels)
-    model.class_names = list(test_set.classes)
+    model = new_resnet(test_set)
     model.net.load_state_dict(load_file(path))
     return model.eval()
+
+
+def new_resnet(split: Dataset) -> PlainClassifier:
+    """An untrained ResNet-56 for `split`'s classes and channels, named as they are."""
+    model = resnet56(split.num_classes, split.channels)
+    model.class_names = list(split.classes)
+    return model
 
 
 def joint_pools(a: dict, b: dict) -> dict:
@@ -136,8 +142,9 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
         results = score(kind, entries, images[:args.images], labels[:args.images], most_first=options["most_first"],
                         keep_dir=kept)
     cost = {name: dict(ms_per_image=method_cost(m, images[:4], labels[:4])) for name, (_, m) in entries.items()}
+    resnet_file = args.resnet or os.path.join(args.out, WEIGHTS)
     return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
-                cost=cost, models=dict(CoDA=coda.name, others="resnet56"), resnet_sha256=sha256_of(args.resnet_file),
+                cost=cost, models=dict(CoDA=coda.name, others="resnet56"), resnet_sha256=sha256_of(resnet_file),
                 **options)
 
 
@@ -161,10 +168,9 @@ def main() -> None:
     args = p.parse_args()
     coda, images, labels, test = load_for_evaluation(args.weights)
     if args.resnet:
-        resnet, args.resnet_file = load_resnet(args.resnet, test), args.resnet
+        resnet = load_resnet(args.resnet, test)
     else:
         resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
-        args.resnet_file = os.path.join(args.out, "resnet56.safetensors")
     methods = make_methods(resnet, args.methods.split(","), images.shape[-1])
     tables = []
     for name, kind, options in PARTS:
