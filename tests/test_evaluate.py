@@ -175,11 +175,20 @@ def test_unknown_method_and_bad_target_are_rejected():
             method.attribute(torch.rand(2, 1, 12, 12), target=10)
 
 
+def rise_by_the_formula(method, x, k):
+    """RISE's map of class k mask by mask: sum_m sigmoid(f_k(x * M_m)) M_m / (M p) (Petsiuk et al. 2018)."""
+    from codanet.models.coda_net import encode
+    masks = method.masks(*x.shape[2:]).to(x.dtype)
+    return sum(torch.sigmoid(method.model.forward_encoded(encode(x) * m))[:, k, None, None] * m
+               for m in masks) / (method.n * method.p)
+
+
 @pytest.mark.parametrize("name", ["Occ5", "RISE", "LIME", "CoDA"])
 def test_one_sweep_for_all_classes_equals_the_per_class_maps(name):
     """A grid costs one perturbation sweep: the all-class maps of Occlusion (windows clipped at
     the border, averaged over the windows covering a pixel), RISE and LIME (ours: one Lasso per
-    class on one set of samples) equal the per-class ones (Captum's Occlusion and Lime)."""
+    class on one set of samples) equal the per-class ones (Captum's Occlusion and Lime; RISE's formula
+    evaluated mask by mask)."""
     model = tiny_model("coda_cpu", num_classes=4, in_channels=1, temperature=1.0, kernel_sizes=[3, 3, 1],
                        strides=[1, 2, 1], paddings=[1, 1, 0], channels=[8, 8, 4], ranks=[4, 4, 4]).double().eval()
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
@@ -189,7 +198,7 @@ def test_one_sweep_for_all_classes_equals_the_per_class_maps(name):
     # Captum's Occlusion sums in float32 even for float64 input, and its Lime fits the Lasso in float32
     tol = dict(Occ5=1e-6, LIME=1e-5).get(name, 1e-10)
     for k in range(4):
-        per_class = method.attribute(x, target=k).double()
+        per_class = rise_by_the_formula(method, x, k) if name == "RISE" else method.attribute(x, target=k).double()
         assert torch.allclose(every[:, k], per_class, atol=tol, rtol=0), (k, (every[:, k] - per_class).abs().max())
     if name == "Occ5":
         assert method.evaluations_per_image == 26          # 5 x 5 window positions + the unoccluded input
@@ -579,3 +588,28 @@ def test_shipped_resnet_baseline_is_the_one_the_docs_measured():
     assert sha256_of(path).startswith("bbf329804582")
     card = open(path.replace(".safetensors", ".md")).read()
     assert sha256_of(path) in card
+
+
+def test_rise_diagnosis_scores_grids_as_the_localisation_metric_does(monkeypatch):
+    """scripts/rise_diagnosis.py: the share of each cell a mask keeps; on its CellReader (class c
+    read from c's cell alone) the scores follow the kept share, and its RISE localisation equals
+    the metric's (grid_scores, same masks), well above the uniform 1/9 and higher at p = 0.1
+    than at 0.5 (RISE's map is positive wherever a mask keeps pixels)."""
+    import pathlib
+
+    from codanet.evaluate.localisation import grid_scores
+    from codanet.explain.baselines import RISE
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "scripts"))
+    diag = _script("rise_diagnosis")
+    corner = torch.zeros(2, 6, 6)
+    corner[0, :2, :2] = 1
+    corner[1] = 0.5
+    assert diag.kept_share(corner, 3).tolist() == [[1.0] + [0.0] * 8, [0.5] * 9]
+    reader = diag.CellReader(10, 1)
+    images = torch.rand(10, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    grid = [(9 - k, k) for k in range(9)]                    # class 9 - k in cell k
+    rows = {p: diag.diagnose(reader, images, [grid], masks=60, p=p) for p in (0.1, 0.5)}
+    metric = grid_scores(RISE(reader, masks=60, p=0.1), images, [grid], 3, progress=False)
+    assert rows[0.1]["localisation"] == pytest.approx(sum(metric[0]) / 9, abs=1e-6)
+    assert rows[0.1]["corr"] > 0.5 and rows[0.1]["spread"] > 0.5 and 0 <= rows[0.1]["below_001"] <= 1
+    assert rows[0.1]["localisation"] > 0.2 > rows[0.5]["localisation"] > 1 / 9

@@ -234,33 +234,25 @@ class RISE(Attribution):
         return self._masks
 
     @torch.no_grad()
+    def scores(self, encoded: torch.Tensor) -> torch.Tensor:
+        """sigmoid(logits) of one encoded image (1, 2C, H, W) under every mask: (M, K), the s(x * M_m)
+        that RISE averages (also read by scripts/rise_diagnosis.py)."""
+        masks = self.masks(*encoded.shape[2:]).to(encoded.device, encoded.dtype)      # (M, H, W)
+        return torch.cat([torch.sigmoid(self.model.forward_encoded(encoded * masks[s:s + self.batch, None]))
+                          for s in range(0, self.n, self.batch)])                     # (M, K)
+
+    @torch.no_grad()
     def attribute_all_classes(self, inputs: torch.Tensor) -> torch.Tensor:
         """The maps of every class, (N, K, H, W): the masked inputs' logits serve all K classes."""
         check_images(inputs, self.model.in_channels)
         enc = encode(inputs)
         masks = self.masks(*inputs.shape[2:]).to(inputs.device, enc.dtype)      # (M, H, W)
-        maps = []
-        for i in range(len(inputs)):
-            total = enc.new_zeros(self.model.num_classes, *inputs.shape[2:])     # (K, H, W)
-            for s in range(0, self.n, self.batch):
-                m = masks[s:s + self.batch]
-                scores = torch.sigmoid(self.model.forward_encoded(enc[i:i + 1] * m[:, None]))   # (B, K)
-                total += torch.einsum("mk,mhw->khw", scores, m)
-            maps.append(total)
-        return torch.stack(maps) / (self.n * self.p)
+        maps = [torch.einsum("mk,mhw->khw", self.scores(enc[i:i + 1]), masks) for i in range(len(inputs))]
+        return torch.stack(maps) / (self.n * self.p)                              # E[s M] / p
 
     @torch.no_grad()
     def _attribute(self, x, target):
-        enc = encode(x)
-        masks = self.masks(*x.shape[2:]).to(x.device, enc.dtype)            # (M, H, W)
-        out = torch.zeros(len(x), *x.shape[2:], device=x.device, dtype=enc.dtype)
-        for i in range(len(x)):
-            for s in range(0, self.n, self.batch):
-                m = masks[s:s + self.batch]
-                logits = self.model.forward_encoded(enc[i:i + 1] * m[:, None])
-                scores = torch.sigmoid(logits[:, target[i]])
-                out[i] += torch.einsum("m,mhw->hw", scores, m)
-        return out / (self.n * self.p)
+        return self.attribute_all_classes(x)[torch.arange(len(x)), target]
 
 
 class LIME(Attribution):
