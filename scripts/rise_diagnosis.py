@@ -101,8 +101,8 @@ def main() -> None:
           "| RISE localisation |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['p']} | {r['mean_score']:.3f} | {r['below_001']:.2f} | {r['spread']:.2f} | {r['corr']:.2f} "
-              f"| {r['localisation']:.3f} |")
+        print(f"| {r['model']} | {r['p']} | {r['mean_score']:.3f} | {r['below_001']:.2f} | {r['spread']:.2f} "
+              f"| {r['corr']:.2f} | {r['localisation']:.3f} |")
     path = os.path.join(args.out, "rise_diagnosis.json")
     write_json(path, dict(weights=args.weights, resnet=args.resnet, grids=grids, rows=rows))
     print(f"wrote {path}")
