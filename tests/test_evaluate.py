@@ -612,4 +612,5 @@ def test_rise_diagnosis_scores_grids_as_the_localisation_metric_does(monkeypatch
     metric = grid_scores(RISE(reader, masks=60, p=0.1), images, [grid], 3, progress=False)
     assert rows[0.1]["localisation"] == pytest.approx(sum(metric[0]) / 9, abs=1e-6)
     assert rows[0.1]["corr"] > 0.5 and rows[0.1]["spread"] > 0.5 and 0 <= rows[0.1]["below_001"] <= 1
+    assert abs(rows[0.1]["corr_others"]) < 0.3            # it ignores the other cells
     assert rows[0.1]["localisation"] > 0.2 > rows[0.5]["localisation"] > 1 / 9
