@@ -5,8 +5,9 @@
         [--resnet scripts/weights/resnet56-fashion_mnist.safetensors] [--grids 3] [--masks 2000]
         [--p 0.1,0.5] [--out runs/rise_diagnosis]
 
-RISE's map of class k is E_m[s_k(x * M_m) M_m] / p (docs/evaluation.md): it localises only as far
-as the score s_k = sigmoid(logit_k) rises with how much of class k's cell a mask keeps.  On the
+RISE's map of class k is E_m[s_k(x * M_m) M_m] / p (docs/evaluation.md), positive wherever a mask
+keeps pixels: it localises as far as the score s_k = sigmoid(logit_k) rises with how much of class
+k's cell a mask keeps and falls with how much of the other cells it keeps.  On the
 first `--grids` grids of the ResNet comparison (most confident images both models classify
 correctly; the same grids for both models), for each model and keep-probability p this prints, over
 the nine cell classes and `--masks` masks:
@@ -18,8 +19,9 @@ the nine cell classes and `--masks` masks:
     the share of the eight other cells it keeps (a score that rises with everything visible weights
     masks that keep much of every cell, and the map spreads),
   - the RISE localisation score from these masks (p = 0.1 is our recipe; the original RISE uses 0.5).
-A third model, `CellReader`, reads each class from its own cell alone: RISE's best case, the ceiling
-of its localisation score (its map E[s M] is positive wherever any mask keeps pixels).
+A third model, `CellReader`, reads each class from its own cell alone and ignores the others: a
+reference for a model that uses exactly the right evidence (a model whose score also falls with
+foreign evidence, as the CoDA-Net's does, gets more from RISE).
 Writes OUT/rise_diagnosis.json (atomically).
 """
 from __future__ import annotations
