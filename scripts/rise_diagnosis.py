@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codanet.evaluate.localisation import cell_scores, confident_images, grid_image, make_grids
+from codanet.evaluate.localisation import cell_scores, cell_sums, confident_images, grid_image, make_grids
 from codanet.evaluate.runner import load_for_evaluation
 from codanet.explain.baselines import RISE
 from codanet.models.coda_net import encode
@@ -60,7 +60,7 @@ class CellReader(nn.Module):
 
 def kept_share(masks: torch.Tensor, n: int) -> torch.Tensor:
     """(M, nH, nW) masks -> (M, n*n): the mean mask value in each grid cell, row-major."""
-    return masks.unflatten(1, (n, masks.shape[1] // n)).unflatten(-1, (n, masks.shape[-1] // n)).mean((2, 4)).flatten(1)
+    return cell_sums(masks, n) / (masks.shape[-2] // n * (masks.shape[-1] // n))
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -86,11 +86,15 @@ def grid_image(images: torch.Tensor, cells, n: int) -> torch.Tensor:
     return torch.cat(rows, dim=1)
 
 
+def cell_sums(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(..., nH, nW) -> (..., n*n): the sum over each of the n x n cells, row-major."""
+    h, w = x.shape[-2] // n, x.shape[-1] // n
+    return x.unflatten(-2, (n, h)).unflatten(-1, (n, w)).sum((-3, -1)).flatten(-2)
+
+
 def cell_scores(attribution: torch.Tensor, n: int) -> torch.Tensor:
     """(..., nH, nW) map -> (..., n*n) share of positive mass per cell (0 where no positive mass)."""
-    pos = attribution.clamp_min(0)
-    h, w = pos.shape[-2] // n, pos.shape[-1] // n
-    per_cell = pos.unflatten(-2, (n, h)).unflatten(-1, (n, w)).sum((-3, -1)).flatten(-2)
+    per_cell = cell_sums(attribution.clamp_min(0), n)
     total = per_cell.sum(-1, keepdim=True)
     has_mass = total > 0
     return torch.where(has_mass, per_cell / torch.where(has_mass, total, torch.ones_like(total)),
