@@ -8,10 +8,14 @@ For every weights: localisation on `--grids` 3x3 grids under both selection prot
 confident, random), pixel removal in both orders at 128 steps over `--images` test images, and the
 cascading-randomisation sanity check; each as OUT/<weights>/<part>.json + .png (the runner's files)
 and every table, with 95 % intervals, in OUT/tables.md and OUT/report.html (`codanet report OUT`).
-A part whose JSON exists is skipped, and within a part each method's finished work is kept in
-OUT/<weights>/kept/, so the script can be stopped and run again until everything is measured.
+A part whose JSON exists is skipped, and within a part each method's work is kept in
+OUT/<weights>/kept/ as it is done (grid by grid, batch by batch of maps), so the script can be
+stopped at any point and run again until everything is measured.
 `--join` measures nothing: it unites the methods that earlier runs measured on the same weights,
-part and units into OUT (`runner.join_summaries`), so a slow method can run apart.
+part and units into OUT (`runner.join_summaries`), so a slow method can run apart.  `--so-far`
+measures nothing either: it prints the localisation tables over the grids every method has
+scored so far (kept results and journals), paired with CoDA there, while a run of hours goes on
+or after it was stopped.
 """
 from __future__ import annotations
 
@@ -20,12 +24,18 @@ import json
 import os
 from functools import partial
 
+import numpy as np
+
+from codanet.evaluate.intervals import with_intervals
+from codanet.evaluate.localisation import confident_images, make_grids, read_journal
 from codanet.evaluate.runner import (
     ALL_METHODS,
     FAST_METHODS,
     format_sanity_table,
     format_table,
+    grids_hash,
     join_summaries,
+    load_for_evaluation,
     run,
     run_sanity,
     save,
@@ -74,6 +84,41 @@ def join(folders: list[str], weights: str, name: str, out: str) -> dict:
     return summary
 
 
+def scored_so_far(stem: str) -> dict[int, tuple[float, float]]:
+    """{grid index: (mean score of its cells, seconds)} from a method's kept result or its journal."""
+    if os.path.isfile(stem + ".json"):
+        with open(stem + ".json") as f:
+            kept = json.load(f)
+        return {i: (m, kept["seconds_per_grid"]) for i, m in enumerate(kept["grid_means"])}
+    return {i: (float(np.mean(e["scores"])), e["seconds"]) for i, e in read_journal(stem).items()}
+
+
+def so_far(weights: str, methods: list[str], grids: int, out: str) -> str:
+    """Markdown: per selection protocol, every method on the grids all `methods` have scored so far
+    (draws the grids as `run` does; measures nothing else)."""
+    model, images, labels, _ = load_for_evaluation(weights)
+    pools = confident_images(model, images, labels)
+    kept = os.path.join(out, weights_folder(weights), "kept")
+    lines = []
+    for name, options in PARTS["localisation"]:
+        cells = make_grids(pools, 3, grids, selection=options["selection"])
+        done = {m: scored_so_far(os.path.join(kept, f"{m}-{grids}grids-{grids_hash(cells)}")) for m in methods}
+        common = sorted(set.intersection(*(set(d) for d in done.values())))
+        lines += [f"## {weights}: {name.replace('_', ' ')}, {len(common)} of {grids} grids scored by "
+                  f"{', '.join(methods)}", "", "| method | localisation [95 % CI] | − CoDA [95 % CI] | s / grid |",
+                  "|---|---|---|---|"]
+        if not common:
+            continue
+        rows = with_intervals({m: [d[i][0] for i in common] for m, d in done.items()})
+        for m, r in rows.items():
+            diff = r.get("difference_to_CoDA")
+            lines.append(f"| {m} | {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | " + (
+                f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "—") +
+                f" | {np.mean([done[m][i][1] for i in common]):.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default="coda_cpu:fashion_mnist,coda_cpu:mnist_5k")
@@ -84,7 +129,13 @@ def main() -> None:
     p.add_argument("--sanity-images", type=int, default=64)
     p.add_argument("--out", default="runs/comparison")
     p.add_argument("--join", default="", help="comma-separated earlier OUT folders to unite (measures nothing)")
+    p.add_argument("--so-far", action="store_true", help="print the localisation scored so far (measures nothing)")
     args = p.parse_args()
+    if args.so_far:
+        methods = args.methods.split(",") if args.methods != "all" else list(ALL_METHODS)
+        for weights in args.weights.split(","):
+            print(so_far(weights, ["CoDA"] + [m for m in methods if m != "CoDA"], args.grids, args.out))
+        return
     tables = []
     for weights in args.weights.split(","):
         for part in args.parts.split(","):

@@ -18,8 +18,8 @@ the best post-hoc explanation of an ordinary ResNet of similar accuracy?  (docs/
 
 Writes OUT/resnet56.safetensors, OUT/training.json, OUT/<part>.json with its figure OUT/<part>.png,
 OUT/tables.md and OUT/report.html (the HTML report; `codanet report OUT` rebuilds it); a part whose
-JSON exists is skipped, and within a part each method's finished work is kept in OUT/kept/
-(`runner.score`).  Every part names both models' weights by sha256.
+JSON exists is skipped, and within a part each method's work is kept in OUT/kept/ as it is done,
+grid by grid and batch by batch of maps (`runner.score`).  Every part names both models' weights by sha256.
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
     """One table: CoDA's contributions on the CoDA-Net, every post-hoc method on the ResNet, scored
     on the same grids / images (paired intervals of the difference to CoDA)."""
     entries = {"CoDA": (coda, CoDA(coda)), **{name: (resnet, m) for name, m in methods.items()}}
-    kept = os.path.join(args.out, "kept")       # each method's finished work: a stopped part resumes
+    kept = os.path.join(args.out, "kept")       # each method's work as it is done: a stopped part resumes
     if kind == "localisation":
         pools = joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
         cells = make_grids(pools, 3, args.grids, 0, options["selection"])

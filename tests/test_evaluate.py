@@ -1,4 +1,5 @@
 """Attribution methods and the paper's two metrics (localisation, pixel removal)."""
+import json
 import os
 
 import pytest
@@ -493,6 +494,71 @@ def test_scoring_keeps_each_finished_method_so_a_stopped_part_resumes(tmp_path):
     assert "difference_to_CoDA" in again["Grad"] and len(list(tmp_path.iterdir())) == 4
 
 
+def test_a_method_stopped_mid_grids_resumes_from_its_journal(tmp_path):
+    """`score(keep_dir=...)` journals every scored grid: stopped during grid 3 of 5 (and with its
+    last line cut short by the kill), run again, it scores only grids 2-4, gives the uninterrupted
+    result, and drops the journal once the method's result is kept."""
+    from codanet.evaluate.runner import score
+    model = tiny_model("coda_cpu").double()
+    images, labels = torch.rand(8, 1, 6, 6, dtype=torch.float64), torch.arange(8) % 4
+    grids = [[(c % 4, (c + k) % 8) for c in range(4)] for k in range(5)]
+    calls = []
+
+    class Counts(CoDA):
+        def __init__(self, model, stop_at=None):
+            super().__init__(model)
+            self.stop_at = stop_at
+
+        def attribute_all_classes(self, inputs):
+            calls.append(1)
+            if len(calls) == self.stop_at:
+                raise KeyboardInterrupt                              # the run is stopped here
+            return super().attribute_all_classes(inputs)
+    run = lambda m: score("localisation", {"CoDA": (model, m)}, images, labels, grid_cells=grids,  # noqa: E731
+                          grid_size=2, progress=False, keep_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run(Counts(model, stop_at=3))
+    (journal,) = tmp_path.glob("CoDA-5grids-*.0.jsonl")
+    assert [json.loads(line)["grid"] for line in journal.read_text().splitlines()] == [0, 1]
+    with open(journal, "a") as f:
+        f.write('{"grid": 1, "scores": [0.5, 0.')                   # a line the kill cut short
+    calls.clear()
+    again = run(Counts(model))
+    assert len(calls) == 3                                          # grids 2, 3, 4 only
+    alone = localisation(model, CoDA(model), images, labels, grid_size=2, progress=False, grid_cells=grids)
+    assert again["CoDA"]["grid_means"] == pytest.approx(alone["grid_means"], abs=1e-12)
+    assert again["CoDA"]["mean"] == pytest.approx(alone["mean"], abs=1e-12)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]      # the kept result; no journal left
+
+
+def test_pixel_removal_maps_resume_batch_by_batch(tmp_path):
+    """`attribution_maps(path=...)` keeps finished batches in `path`.partial: stopped in the third
+    batch, run again, it computes only the batches left and returns the uninterrupted maps."""
+    from codanet.evaluate.pixel_removal import attribution_maps
+    model = tiny_model("coda_cpu")
+    x, y = torch.rand(7, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5, 6]) % 4
+    path, batches = str(tmp_path / "CoDA-7images.pt"), []
+
+    class Counts(CoDA):
+        def attribute(self, inputs, target=None):
+            batches.append(len(inputs))
+            if len(batches) == 3 and self.stops:
+                raise KeyboardInterrupt
+            return super().attribute(inputs, target=target)
+    stopping = Counts(model)
+    stopping.stops = True
+    with pytest.raises(KeyboardInterrupt):
+        attribution_maps(stopping, x, y, batch_size=2, progress=False, path=path)
+    assert len(torch.load(path + ".partial")) == 4 and not os.path.exists(path)
+    batches.clear()
+    going_on = Counts(model)
+    going_on.stops = False
+    maps = attribution_maps(going_on, x, y, batch_size=2, progress=False, path=path)
+    assert batches == [2, 1]                                        # images 4-5 and 6 only
+    assert torch.allclose(maps, CoDA(model).attribute(x, target=y), atol=1e-6)
+    assert not os.path.exists(path + ".partial") and torch.equal(torch.load(path), maps)
+
+
 def test_a_finished_part_of_a_study_is_read_back_not_measured_again(tmp_path):
     from codanet.utils.io import resume_json
     calls = []
@@ -614,3 +680,22 @@ def test_rise_diagnosis_scores_grids_as_the_localisation_metric_does(monkeypatch
     assert rows[0.1]["corr"] > 0.5 and rows[0.1]["spread"] > 0.5 and 0 <= rows[0.1]["below_001"] <= 1
     assert abs(rows[0.1]["corr_others"]) < 0.3            # it ignores the other cells
     assert rows[0.1]["localisation"] > 0.2 > rows[0.5]["localisation"] > 1 / 9
+
+
+def test_comparison_so_far_pairs_the_grids_every_method_has_scored(tmp_path):
+    """`scripts/comparison.py --so-far`: reads a finished method's kept result and another's journal
+    (grids 0 and 1 of 3), and pairs them on the grids both have; a protocol nobody scored: 0 grids."""
+    from codanet.evaluate.runner import run
+    comparison = _script("comparison")
+    kept = tmp_path / "coda_cpu-mnist_5k" / "kept"
+    coda = run("localisation", "coda_cpu:mnist_5k", ["CoDA"], grids=3, progress=False, keep_dir=str(kept))
+    (stem,) = [p.name.removesuffix(".json") for p in kept.glob("CoDA-3grids-*.json")]
+    journal = kept / (stem.replace("CoDA", "Grad") + ".0.jsonl")
+    journal.write_text("".join(json.dumps(dict(grid=i, scores=[0.1 * (i + 1)] * 9, seconds=2.0)) + "\n"
+                               for i in range(2)))
+    text = comparison.so_far("coda_cpu:mnist_5k", ["CoDA", "Grad"], 3, str(tmp_path))
+    most, rand = text.split("## ")[1:]
+    assert "2 of 3 grids" in most and "0 of 3 grids" in rand and "| Grad |" not in rand
+    coda_two = sum(coda["results"]["CoDA"]["grid_means"][:2]) / 2
+    assert f"| CoDA | {coda_two:.3f} [" in most
+    assert f"| Grad | 0.150 [0.100, 0.200] | {0.15 - coda_two:+.3f} [" in most and "| 2.00 |" in most

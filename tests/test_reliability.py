@@ -192,3 +192,15 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_a_journal_line_cut_short_by_a_kill_costs_only_itself(tmp_path):
+    """`append_line` ends a torn last line before appending, so the next entry stays readable."""
+    from codanet.utils.io import append_line
+    path = str(tmp_path / "journal.jsonl")
+    append_line(path, '{"grid": 0}')
+    with open(path, "a") as f:
+        f.write('{"grid": 1, "sco')                                  # killed mid-write
+    append_line(path, '{"grid": 2}')
+    lines = open(path).read().splitlines()
+    assert lines == ['{"grid": 0}', '{"grid": 1, "sco', '{"grid": 2}']

@@ -7,6 +7,9 @@ uniform: 1/n^2.
 """
 from __future__ import annotations
 
+import glob
+import json
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -14,10 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..train.distributed import Context
+from ..utils.io import append_line
+
 if TYPE_CHECKING:
     from ..explain.baselines import Attribution
     from ..models import CoDANet
-    from ..train.distributed import Context
 
 
 @torch.no_grad()
@@ -106,45 +111,80 @@ def _all_classes(method: Attribution):
     return getattr(method, "attribute_all_classes", None)
 
 
+def score_grid(method: Attribution, images: torch.Tensor, cells, n: int, all_classes=None) -> list[float]:
+    """The localisation score s_c of every cell's class c in one grid (row-major); `all_classes`:
+    the method's `attribute_all_classes` (`_all_classes`), or None for n*n attribution passes."""
+    targets = torch.tensor([c for c, _ in cells])
+    if all_classes is not None:            # one pass (one perturbation sweep) serves every cell's class
+        maps = all_classes(grid_image(images, cells, n)[None])[0, targets.to(images.device)]
+    else:
+        g = grid_image(images, cells, n)[None].expand(n * n, -1, -1, -1)
+        maps = method.attribute(g.contiguous(), target=targets)     # (n*n, nH, nW)
+    share = cell_scores(maps, n)                                     # (n*n, n*n)
+    return [float(share[k, k]) for k in range(len(cells))]
+
+
+def journaled_scores(method: Attribution, images: torch.Tensor, grids, indices, n: int, progress: bool = True,
+                     journal: str | None = None) -> dict[int, dict]:
+    """{i: {"grid": i, "scores": `score_grid`, "seconds"}} for the grids[i] named by `indices`.
+    With `journal` (a file) each grid is appended there, fsynced, as soon as it is scored, so a run
+    stopped mid-way keeps every finished grid (`read_journal`)."""
+    out = {}
+    all_classes = _all_classes(method)
+    for i in tqdm(indices, desc=f"localisation {getattr(method, 'name', '')}", disable=not progress, leave=False):
+        start = time.perf_counter()
+        scores = score_grid(method, images, grids[i], n, all_classes)
+        out[i] = dict(grid=i, scores=scores, seconds=time.perf_counter() - start)
+        if journal:
+            append_line(journal, json.dumps(out[i]))
+    return out
+
+
 def grid_scores(method: Attribution, images: torch.Tensor, grids, n: int, progress: bool = True) -> list[list[float]]:
     """For each grid, the localisation score s_c of every cell's class c (row-major)."""
-    out = []
-    all_classes = _all_classes(method)
-    for cells in tqdm(grids, desc=f"localisation {getattr(method, 'name', '')}", disable=not progress, leave=False):
-        targets = torch.tensor([c for c, _ in cells])
-        if all_classes is not None:        # one pass (one perturbation sweep) serves every cell's class
-            maps = all_classes(grid_image(images, cells, n)[None])[0, targets.to(images.device)]
-        else:
-            g = grid_image(images, cells, n)[None].expand(n * n, -1, -1, -1)
-            maps = method.attribute(g.contiguous(), target=targets)     # (n*n, nH, nW)
-        share = cell_scores(maps, n)                                 # (n*n, n*n)
-        out.append([float(share[k, k]) for k in range(len(cells))])
-    return out
+    return [e["scores"] for e in journaled_scores(method, images, grids, range(len(grids)), n, progress).values()]
+
+
+def read_journal(stem: str) -> dict[int, dict]:
+    """The grids an earlier, stopped run finished, from every `<stem>.<rank>.jsonl` (one per
+    torchrun rank): {grid index: entry}.  A line the stop cut short is skipped (measured again)."""
+    done = {}
+    for path in sorted(glob.glob(glob.escape(stem) + ".*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[entry["grid"]] = entry
+    return done
+
+
+def clear_journal(stem: str) -> None:
+    """Remove the journal once the finished result is kept elsewhere."""
+    for path in glob.glob(glob.escape(stem) + ".*.jsonl"):
+        os.remove(path)
 
 
 def localisation(model: CoDANet, method: Attribution, images: torch.Tensor, labels: torch.Tensor,
                  grid_size: int = 3, grids: int = 500, seed: int = 0, class_names: list[str] | None = None,
                  progress: bool = True, grid_cells: list | None = None, ctx: Context | None = None,
-                 selection: str = "most_confident") -> dict:
+                 selection: str = "most_confident", journal: str | None = None) -> dict:
     """Score one attribution method on `grids` grids of grid_size x grid_size images (or on the
     given `grid_cells`, from `make_grids`); returns mean, std, per-class means, all scores
     (`scores`, cell by cell) and their means per grid (`grid_means`, the bootstrap's units), and
     the cost: model evaluations and seconds per grid (one sweep when the method offers
-    `attribute_all_classes`, n*n attribution passes otherwise).
+    `attribute_all_classes`, n*n attribution passes otherwise).  `journal` (a path stem, one per
+    method and set of grids): every scored grid is kept there at once, and a stopped call, made
+    again, scores only the grids not yet kept (`scores_with_journal`).
 
-    With a distributed `ctx` (torchrun), every rank scores grids[rank::world] and the scores are
-    gathered, so each rank returns the same result as one process would."""
+    With a distributed `ctx` (torchrun), every rank scores its share of the grids and the scores
+    are gathered, so each rank returns the same result as one process would."""
     n = grid_size
     grids_ = grid_cells if grid_cells is not None else make_grids(confident_images(model, images, labels), n,
                                                                    grids, seed, selection)
-    start = time.perf_counter()
-    if ctx is not None and ctx.active:
-        mine = ctx.shard(grids_)
-        per_grid = ctx.unshard(ctx.gather(grid_scores(method, images, mine, n, progress)))
-        seconds = ctx.sum([time.perf_counter() - start])[0] / max(1, len(grids_))
-    else:
-        per_grid = grid_scores(method, images, grids_, n, progress)
-        seconds = (time.perf_counter() - start) / max(1, len(grids_))
+    entries = scores_with_journal(method, images, grids_, n, progress, ctx or Context(), journal)
+    per_grid = [entries[i]["scores"] for i in range(len(grids_))]
     scores = [s for row in per_grid for s in row]
     classes = [c for cells in grids_ for c, _ in cells]
     scores_np, classes_np = np.array(scores), np.array(classes)
@@ -155,4 +195,19 @@ def localisation(model: CoDANet, method: Attribution, images: torch.Tensor, labe
     sweeps = 1 if _all_classes(method) is not None else n * n
     return dict(mean=float(scores_np.mean()), std=float(scores_np.std()), grid_size=n, grids=len(grids_),
                 per_class=per_class, scores=scores, grid_means=[float(np.mean(row)) for row in per_grid],
-                seconds_per_grid=seconds, evaluations_per_grid=sweeps * getattr(method, "evaluations_per_image", 1))
+                seconds_per_grid=sum(e["seconds"] for e in entries.values()) / max(1, len(grids_)),
+                evaluations_per_grid=sweeps * getattr(method, "evaluations_per_image", 1))
+
+
+def scores_with_journal(method: Attribution, images: torch.Tensor, grids, n: int, progress: bool, ctx: Context,
+                        journal: str | None = None) -> dict[int, dict]:
+    """Every grid's entry (`journaled_scores`): those an earlier run kept in `journal`, the rest
+    scored now, shared out over the ranks (each appends to its own `<journal>.<rank>.jsonl`) and
+    gathered.  The seconds are each grid's own, so a resumed run reports the same cost."""
+    done = read_journal(journal) if journal else {}
+    ctx.barrier()                        # every rank has read the journal before any appends to it
+    todo = ctx.shard([i for i in range(len(grids)) if i not in done])
+    mine = journaled_scores(method, images, grids, todo, n, progress, journal and f"{journal}.{ctx.rank}.jsonl")
+    for part in ctx.gather(mine):
+        done.update(part)
+    return done

@@ -66,19 +66,39 @@ def attribution_maps(method: Attribution, images: torch.Tensor, labels: torch.Te
                      progress: bool = True, path: str | None = None) -> torch.Tensor:
     """(N, H, W) maps of `method` for the true labels, in batches.  With `path` the maps are kept
     there (written atomically) and read back when a later call asks for the same number of images,
-    so the second removal order costs no second perturbation sweep (Occ-K, RISE, LIME)."""
+    so the second removal order costs no second perturbation sweep (Occ-K, RISE, LIME).  Until
+    all are done, the finished batches are kept in `path`.partial, so a stopped call resumes."""
     if path and os.path.isfile(path):
         kept = torch.load(path, map_location=images.device)
         if kept.shape[0] == len(images):
             return kept
-    maps = [method.attribute(images[s:s + batch_size], target=labels[s:s + batch_size])
-            for s in tqdm(range(0, len(images), batch_size), desc=f"attributions {getattr(method, 'name', '')}",
-                          disable=not progress, leave=False)]
+    partial = path and path + ".partial"
+    maps = _finished_batches(partial, len(images), batch_size, images.device)
+    done = sum(len(m) for m in maps)
+    for s in tqdm(range(done, len(images), batch_size), desc=f"attributions {getattr(method, 'name', '')}",
+                  disable=not progress, leave=False):
+        maps.append(method.attribute(images[s:s + batch_size], target=labels[s:s + batch_size]).detach())
+        if partial and s + batch_size < len(images):
+            _save(torch.cat(maps), partial)
     out = torch.cat(maps) if maps else images.new_zeros(0, *images.shape[2:])
     if path:
-        with atomic_path(path) as tmp:
-            torch.save(out.detach().cpu(), tmp)
+        _save(out, path)
+        if partial and os.path.isfile(partial):
+            os.remove(partial)
     return out
+
+
+def _finished_batches(partial: str | None, n: int, batch_size: int, device) -> list[torch.Tensor]:
+    """[maps of the batches a stopped `attribution_maps` finished], or [] (none, or another batching)."""
+    if not partial or not os.path.isfile(partial):
+        return []
+    kept = torch.load(partial, map_location=device)
+    return [kept] if len(kept) < n and len(kept) % batch_size == 0 else []
+
+
+def _save(maps: torch.Tensor, path: str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(maps.cpu(), tmp)
 
 
 def pixel_removal(model: CoDANet, method: Attribution, images: torch.Tensor, labels: torch.Tensor,

@@ -18,7 +18,7 @@ from ..train.checkpoint import load_model
 from ..train.setup import select_device
 from ..utils.io import resume_json, write_json
 from .intervals import with_intervals
-from .localisation import confident_images, localisation, make_grids
+from .localisation import clear_journal, confident_images, localisation, make_grids
 from .pixel_removal import pixel_removal
 from .plots import plot_localisation, plot_pixel_removal
 
@@ -86,8 +86,8 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     """Evaluate `methods` with one metric; writes JSON + PNG next to `out` when given.  Every
     method gets a 95 % bootstrap interval of its mean and of its paired difference to CoDA
     (`intervals.with_intervals`).  `selection`: how localisation grids pick their images
-    (`make_grids`).  `keep_dir` (one folder per weights): each method's finished work is kept
-    there (`score`), so a stopped run resumes with the next method and the other removal order
+    (`make_grids`).  `keep_dir` (one folder per weights): each method's work is kept there
+    as it is done (`score`), so a stopped run resumes where it stopped and the other removal order
     reuses the maps.
 
     Under torchrun (`torchrun --nproc_per_node=N -m codanet evaluate ...`) the grids / images are
@@ -175,10 +175,11 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     (`intervals.with_intervals`).  `run` passes one model for every method; a baseline study may
     pair each method with its own model (scripts/resnet_baseline.py).
 
-    `keep_dir` (one folder per pair of models): each method's finished work is kept there, so a
-    stopped run, run again, goes on with the next method.  Pixel removal keeps the maps (both
-    orders share them, `pixel_removal.attribution_maps`); localisation keeps the method's result
-    on these grids, in a file named by the method and a hash of the grids."""
+    `keep_dir` (one folder per pair of models): each method's work is kept there as it is done,
+    so a stopped run, run again, goes on where it stopped.  Pixel removal keeps the maps, batch by
+    batch (both orders share them, `pixel_removal.attribution_maps`); localisation keeps each
+    scored grid in a journal (`localisation.scores_with_journal`) and then the method's result on
+    these grids, in a file named by the method and a hash of the grids."""
     if kind not in ("localisation", "pixel-removal"):
         raise ValueError(f"unknown evaluation {kind!r}; use localisation or pixel-removal")
     cells = grid_cells or []
@@ -187,14 +188,17 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     results = {}
     for name, (model, method) in entries.items():
         if kind == "localisation":
-            def measure(model=model, method=method) -> dict:
+            stem = keep_dir and os.path.join(keep_dir, f"{name}-{len(cells)}grids-{grids_hash(cells)}")
+
+            def measure(model=model, method=method, stem=stem) -> dict:
                 result = localisation(model, method, images, labels, grid_size, len(cells), seed, class_names,
-                                      progress, grid_cells=cells, ctx=ctx)
+                                      progress, grid_cells=cells, ctx=ctx, journal=stem or None)
                 result.pop("scores")
                 return result
-            if keep_dir:          # every rank reads the same kept file, so sharded work stays in step
-                path = os.path.join(keep_dir, f"{name}-{len(cells)}grids-{_grids_hash(cells)}.json")
-                results[name] = resume_json(path, measure, write=ctx is None or ctx.main)
+            if stem:              # every rank reads the same kept file, so sharded work stays in step
+                results[name] = resume_json(stem + ".json", measure, write=ctx is None or ctx.main)
+                if ctx is None or ctx.main:
+                    clear_journal(stem)         # the kept result holds every grid now
             else:
                 results[name] = measure()
         else:
@@ -204,7 +208,7 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     return add_intervals(kind, results, seed)
 
 
-def _grids_hash(cells: list) -> str:
+def grids_hash(cells: list) -> str:
     """12 hex digits that change with any (class, image) cell of any grid."""
     return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:12]
 

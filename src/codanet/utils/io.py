@@ -66,6 +66,22 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def append_line(path: str, line: str) -> None:
+    """Append `line` to a journal and fsync it, so a killed run leaves every finished line intact;
+    a line an earlier kill cut short is ended first, so only it is lost."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+            f.seek(0, os.SEEK_END)
+            if torn:
+                f.write(b"\n")
+        f.write(line.encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def resume_json(path: str, measure: Callable[[], dict], write: bool = True) -> dict:
     """One part of a resumable study: the JSON at `path` when an earlier run finished it, else
     `measure()`, written there atomically (so a stopped study, run again, skips what is done).
