@@ -33,8 +33,8 @@ from codanet.evaluate.runner import (
     FAST_METHODS,
     format_sanity_table,
     format_table,
-    grids_hash,
     join_summaries,
+    kept_stem,
     load_for_evaluation,
     run,
     run_sanity,
@@ -102,7 +102,7 @@ def so_far(weights: str, methods: list[str], grids: int, out: str) -> str:
     lines = []
     for name, options in PARTS["localisation"]:
         cells = make_grids(pools, 3, grids, selection=options["selection"])
-        done = {m: scored_so_far(os.path.join(kept, f"{m}-{grids}grids-{grids_hash(cells)}")) for m in methods}
+        done = {m: scored_so_far(kept_stem(kept, m, cells)) for m in methods}
         common = sorted(set.intersection(*(set(d) for d in done.values())))
         lines += [f"## {weights}: {name.replace('_', ' ')}, {len(common)} of {grids} grids scored by "
                   f"{', '.join(methods)}", "", "| method | localisation [95 % CI] | − CoDA [95 % CI] | s / grid |",

@@ -188,7 +188,7 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     results = {}
     for name, (model, method) in entries.items():
         if kind == "localisation":
-            stem = keep_dir and os.path.join(keep_dir, f"{name}-{len(cells)}grids-{grids_hash(cells)}")
+            stem = keep_dir and kept_stem(keep_dir, name, cells)
 
             def measure(model=model, method=method, stem=stem) -> dict:
                 result = localisation(model, method, images, labels, grid_size, len(cells), seed, class_names,
@@ -208,9 +208,12 @@ def score(kind: str, entries: dict[str, tuple[CoDANet, Attribution]], images: to
     return add_intervals(kind, results, seed)
 
 
-def grids_hash(cells: list) -> str:
-    """12 hex digits that change with any (class, image) cell of any grid."""
-    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:12]
+def kept_stem(keep_dir: str, name: str, cells: list) -> str:
+    """Where one method's localisation work on these grids is kept: `<stem>.json` (the result) and
+    `<stem>.<rank>.jsonl` (the journal).  Named by the method, the number of grids and a hash of
+    every (class, image) cell, so other grids never reuse it."""
+    digest = hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:12]
+    return os.path.join(keep_dir, f"{name}-{len(cells)}grids-{digest}")
 
 
 def add_intervals(kind: str, results: dict, seed: int = 0) -> dict:
