@@ -8,6 +8,7 @@ For every weights: localisation on `--grids` 3x3 grids under both selection prot
 confident, random), pixel removal in both orders at 128 steps over `--images` test images, and the
 cascading-randomisation sanity check; each as OUT/<weights>/<part>.json + .png (the runner's files)
 and every table, with 95 % intervals, in OUT/tables.md and OUT/report.html (`codanet report OUT`).
+`--parts` takes groups (localisation, removal, sanity) or single tables (localisation_random, ...).
 A part whose JSON exists is skipped, and within a part each method's work is kept in
 OUT/<weights>/kept/ as it is done (grid by grid, batch by batch of maps), so the script can be
 stopped at any point and run again until everything is measured.
@@ -39,6 +40,7 @@ from codanet.evaluate.runner import (
     run,
     run_sanity,
     save,
+    select_parts,
 )
 from codanet.report import build_evaluation_report
 from codanet.utils.io import resume_json, write_text
@@ -136,18 +138,21 @@ def main() -> None:
         for weights in args.weights.split(","):
             print(so_far(weights, ["CoDA"] + [m for m in methods if m != "CoDA"], args.grids, args.out))
         return
+    try:
+        parts = select_parts(args.parts, PARTS)
+    except ValueError as e:
+        p.error(str(e))
     tables = []
     for weights in args.weights.split(","):
-        for part in args.parts.split(","):
-            for name, options in PARTS[part]:
-                out = os.path.join(args.out, weights_folder(weights), name + ".json")
-                if args.join:
-                    summary = join(args.join.split(","), weights, name, out)
-                else:
-                    summary = resume_json(out, partial(measure, weights, part, name, options, args, out))
-                table = format_sanity_table(summary) if part == "sanity" else format_table(summary)
-                tables += [f"## {weights}: {name.replace('_', ' ')} (sha256 {summary['sha256'][:12]})", "", table, ""]
-                print("\n".join(tables[-4:]), flush=True)
+        for part, name, options in parts:
+            out = os.path.join(args.out, weights_folder(weights), name + ".json")
+            if args.join:
+                summary = join(args.join.split(","), weights, name, out)
+            else:
+                summary = resume_json(out, partial(measure, weights, part, name, options, args, out))
+            table = format_sanity_table(summary) if part == "sanity" else format_table(summary)
+            tables += [f"## {weights}: {name.replace('_', ' ')} (sha256 {summary['sha256'][:12]})", "", table, ""]
+            print("\n".join(tables[-4:]), flush=True)
     write_text(os.path.join(args.out, "tables.md"), "\n".join(tables))
     print(f"wrote {os.path.join(args.out, 'tables.md')} and {build_evaluation_report(args.out)}")
 

@@ -35,7 +35,15 @@ from tqdm import tqdm
 from codanet.data.augment import make_batch
 from codanet.data.datasets import Dataset
 from codanet.evaluate.localisation import confident_images, make_grids
-from codanet.evaluate.runner import checkpoint_sha256, draw, format_table, load_for_evaluation, method_cost, score
+from codanet.evaluate.runner import (
+    checkpoint_sha256,
+    draw,
+    format_table,
+    load_for_evaluation,
+    method_cost,
+    score,
+    select_parts,
+)
 from codanet.explain.baselines import CoDA, make_methods
 from codanet.models.posthoc import PlainClassifier, resnet56
 from codanet.models.pretrained import sha256_of
@@ -148,10 +156,9 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
                 **options)
 
 
-PARTS = [("localisation_most_confident", "localisation", dict(selection="most_confident")),
-         ("localisation_random", "localisation", dict(selection="random")),
-         ("removal_least_first", "pixel-removal", dict(most_first=False)),
-         ("removal_most_first", "pixel-removal", dict(most_first=True))]
+PARTS = {"localisation": [("localisation_most_confident", dict(selection="most_confident")),
+                          ("localisation_random", dict(selection="random"))],
+         "removal": [("removal_least_first", dict(most_first=False)), ("removal_most_first", dict(most_first=True))]}
 
 
 def main() -> None:
@@ -160,12 +167,16 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--resnet", default=None, help="trained ResNet-56 weights to load instead of training one")
     p.add_argument("--methods", default="Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM")
-    p.add_argument("--parts", default=",".join(name for name, _, _ in PARTS))
+    p.add_argument("--parts", default="localisation,removal", help="groups or single tables (localisation_random)")
     p.add_argument("--grids", type=int, default=250)
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--max-train-images", type=int, default=None, help="a quick check on fewer images")
     p.add_argument("--out", default="runs/resnet_baseline")
     args = p.parse_args()
+    try:
+        parts = select_parts(args.parts, PARTS)
+    except ValueError as e:
+        p.error(str(e))
     coda, images, labels, test = load_for_evaluation(args.weights)
     if args.resnet:
         resnet = load_resnet(args.resnet, test)
@@ -173,9 +184,8 @@ def main() -> None:
         resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
     methods = make_methods(resnet, args.methods.split(","), images.shape[-1])
     tables = []
-    for name, kind, options in PARTS:
-        if name not in args.parts.split(","):
-            continue
+    for group, name, options in parts:
+        kind = "localisation" if group == "localisation" else "pixel-removal"
         summary = resume_json(os.path.join(args.out, name + ".json"),
                               partial(compare, kind, coda, resnet, methods, images, labels, args, **options))
         draw(summary, os.path.join(args.out, name + ".png"), f"CoDA ({args.weights}) vs ResNet-56: {name}")

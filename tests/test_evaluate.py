@@ -699,3 +699,25 @@ def test_comparison_so_far_pairs_the_grids_every_method_has_scored(tmp_path):
     coda_two = sum(coda["results"]["CoDA"]["grid_means"][:2]) / 2
     assert f"| CoDA | {coda_two:.3f} [" in most
     assert f"| Grad | 0.150 [0.100, 0.200] | {0.15 - coda_two:+.3f} [" in most and "| 2.00 |" in most
+
+
+def test_parts_name_groups_or_single_tables_and_a_typo_is_one_line_exit_2(monkeypatch, capsys):
+    """`--parts` of both comparison scripts: a group stands for its tables, a table for itself, each
+    once, in the order given; an unknown entry stops the script before any work (argparse: exit 2)
+    with one line naming the entry and the choices."""
+    import sys
+
+    from codanet.evaluate.runner import select_parts
+    comparison = _script("comparison")
+    chosen = select_parts("removal_most_first,localisation,localisation_random", comparison.PARTS)
+    assert [name for _, name, _ in chosen] == ["removal_most_first", "localisation_most_confident",
+                                                "localisation_random"]
+    assert chosen[1] == ("localisation", "localisation_most_confident", dict(selection="most_confident"))
+    with pytest.raises(ValueError, match="unknown part 'localisaton'.*localisation_random"):
+        select_parts("localisaton", comparison.PARTS)
+    for script in ("comparison", "resnet_baseline"):
+        monkeypatch.setattr(sys, "argv", [script, "--parts", "localisation_mostconfident", "--out", "/nonexistent"])
+        with pytest.raises(SystemExit) as stop:
+            _script(script).main()
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stop.value.code == 2 and "unknown part 'localisation_mostconfident'" in err

@@ -216,6 +216,21 @@ def kept_stem(keep_dir: str, name: str, cells: list) -> str:
     return os.path.join(keep_dir, f"{name}-{len(cells)}grids-{digest}")
 
 
+def select_parts(spec: str, parts: dict[str, list[tuple[str, dict]]]) -> list[tuple[str, str, dict]]:
+    """(group, table, options) for each entry of a comma-separated `--parts`: a group of `parts`
+    ("localisation": both selection protocols) or one of its tables ("localisation_random"), in the
+    order given. An unknown entry raises ValueError naming the choices."""
+    chosen = []
+    for entry in spec.split(","):
+        found = [(group, name, options) for group, tables in parts.items() for name, options in tables
+                 if entry in (group, name)]
+        if not found:
+            choices = [c for group, tables in parts.items() for c in [group] + [name for name, _ in tables]]
+            raise ValueError(f"--parts: unknown part {entry!r}; choose from {', '.join(choices)}")
+        chosen += [c for c in found if c not in chosen]
+    return chosen
+
+
 def add_intervals(kind: str, results: dict, seed: int = 0) -> dict:
     """Give every result its 95 % interval and its paired difference to CoDA over its units
     (grids for localisation, images for pixel removal); `results` is updated and returned."""
