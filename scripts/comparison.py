@@ -32,6 +32,7 @@ from codanet.evaluate.localisation import confident_images, make_grids, read_jou
 from codanet.evaluate.runner import (
     ALL_METHODS,
     FAST_METHODS,
+    PARTS,
     format_sanity_table,
     format_table,
     join_summaries,
@@ -45,23 +46,15 @@ from codanet.evaluate.runner import (
 from codanet.report import build_evaluation_report
 from codanet.utils.io import resume_json, write_text
 
-PARTS = {
-    "localisation": [("localisation_most_confident", dict(selection="most_confident")),
-                     ("localisation_random", dict(selection="random"))],
-    "removal": [("removal_least_first", dict(most_first=False)), ("removal_most_first", dict(most_first=True))],
-    "sanity": [("sanity", {})],
-}
 
-
-def measure(weights: str, part: str, name: str, options: dict, args, out: str) -> dict:
+def measure(weights: str, kind: str, options: dict, args, out: str) -> dict:
     methods = args.methods.split(",") if args.methods != "all" else list(ALL_METHODS)
-    if part == "sanity":
+    if kind == "sanity":
         return run_sanity(weights, [m for m in methods if m in FAST_METHODS or m == "AbsGrad"],
                           images=args.sanity_images, out=out)
     kept = os.path.join(os.path.dirname(out), "kept")      # each method's finished work (runner.score)
-    if part == "localisation":
-        return run("localisation", weights, methods, grids=args.grids, out=out, keep_dir=kept, **options)
-    return run("pixel-removal", weights, methods, images=args.images, steps=128, out=out, keep_dir=kept, **options)
+    size = dict(grids=args.grids) if kind == "localisation" else dict(images=args.images, steps=128)
+    return run(kind, weights, methods, out=out, keep_dir=kept, **size, **options)
 
 
 def weights_folder(weights: str) -> str:
@@ -102,7 +95,7 @@ def so_far(weights: str, methods: list[str], grids: int, out: str) -> str:
     pools = confident_images(model, images, labels)
     kept = os.path.join(out, weights_folder(weights), "kept")
     lines = []
-    for name, options in PARTS["localisation"]:
+    for name, options in PARTS["localisation"][1]:
         cells = make_grids(pools, 3, grids, selection=options["selection"])
         done = {m: scored_so_far(kept_stem(kept, m, cells)) for m in methods}
         common = sorted(set.intersection(*(set(d) for d in done.values())))
@@ -139,18 +132,18 @@ def main() -> None:
             print(so_far(weights, ["CoDA"] + [m for m in methods if m != "CoDA"], args.grids, args.out))
         return
     try:
-        parts = select_parts(args.parts, PARTS)
+        parts = select_parts(args.parts)
     except ValueError as e:
         p.error(str(e))
     tables = []
     for weights in args.weights.split(","):
-        for part, name, options in parts:
+        for kind, name, options in parts:
             out = os.path.join(args.out, weights_folder(weights), name + ".json")
             if args.join:
                 summary = join(args.join.split(","), weights, name, out)
             else:
-                summary = resume_json(out, partial(measure, weights, part, name, options, args, out))
-            table = format_sanity_table(summary) if part == "sanity" else format_table(summary)
+                summary = resume_json(out, partial(measure, weights, kind, options, args, out))
+            table = format_sanity_table(summary) if kind == "sanity" else format_table(summary)
             tables += [f"## {weights}: {name.replace('_', ' ')} (sha256 {summary['sha256'][:12]})", "", table, ""]
             print("\n".join(tables[-4:]), flush=True)
     write_text(os.path.join(args.out, "tables.md"), "\n".join(tables))

@@ -156,11 +156,6 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
                 **options)
 
 
-PARTS = {"localisation": [("localisation_most_confident", dict(selection="most_confident")),
-                          ("localisation_random", dict(selection="random"))],
-         "removal": [("removal_least_first", dict(most_first=False)), ("removal_most_first", dict(most_first=True))]}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default="coda_cpu:fashion_mnist")
@@ -174,7 +169,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/resnet_baseline")
     args = p.parse_args()
     try:
-        parts = select_parts(args.parts, PARTS)
+        parts = select_parts(args.parts, groups=("localisation", "removal"))
     except ValueError as e:
         p.error(str(e))
     coda, images, labels, test = load_for_evaluation(args.weights)
@@ -184,8 +179,7 @@ def main() -> None:
         resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
     methods = make_methods(resnet, args.methods.split(","), images.shape[-1])
     tables = []
-    for group, name, options in parts:
-        kind = "localisation" if group == "localisation" else "pixel-removal"
+    for kind, name, options in parts:
         summary = resume_json(os.path.join(args.out, name + ".json"),
                               partial(compare, kind, coda, resnet, methods, images, labels, args, **options))
         draw(summary, os.path.join(args.out, name + ".png"), f"CoDA ({args.weights}) vs ResNet-56: {name}")

@@ -708,13 +708,15 @@ def test_parts_name_groups_or_single_tables_and_a_typo_is_one_line_exit_2(monkey
     import sys
 
     from codanet.evaluate.runner import select_parts
-    comparison = _script("comparison")
-    chosen = select_parts("removal_most_first,localisation,localisation_random", comparison.PARTS)
+    chosen = select_parts("removal_most_first,localisation,localisation_random")
     assert [name for _, name, _ in chosen] == ["removal_most_first", "localisation_most_confident",
                                                 "localisation_random"]
+    assert chosen[0] == ("pixel-removal", "removal_most_first", dict(most_first=True))
     assert chosen[1] == ("localisation", "localisation_most_confident", dict(selection="most_confident"))
     with pytest.raises(ValueError, match="unknown part 'localisaton'.*localisation_random"):
-        select_parts("localisaton", comparison.PARTS)
+        select_parts("localisaton")
+    with pytest.raises(ValueError, match="unknown part 'sanity'; choose from localisation, .*removal_most_first$"):
+        select_parts("sanity", groups=("localisation", "removal"))     # the ResNet script has no sanity part
     for script in ("comparison", "resnet_baseline"):
         monkeypatch.setattr(sys, "argv", [script, "--parts", "localisation_mostconfident", "--out", "/nonexistent"])
         with pytest.raises(SystemExit) as stop:

@@ -216,16 +216,26 @@ def kept_stem(keep_dir: str, name: str, cells: list) -> str:
     return os.path.join(keep_dir, f"{name}-{len(cells)}grids-{digest}")
 
 
-def select_parts(spec: str, parts: dict[str, list[tuple[str, dict]]]) -> list[tuple[str, str, dict]]:
-    """(group, table, options) for each entry of a comma-separated `--parts`: a group of `parts`
-    ("localisation": both selection protocols) or one of its tables ("localisation_random"), in the
-    order given. An unknown entry raises ValueError naming the choices."""
+# The comparison's tables (scripts/comparison.py, scripts/resnet_baseline.py), docs/evaluation.md:
+# group -> (the evaluation it runs, [(table, its options)]).
+PARTS: dict[str, tuple[str, list[tuple[str, dict]]]] = {
+    "localisation": ("localisation", [("localisation_most_confident", dict(selection="most_confident")),
+                                      ("localisation_random", dict(selection="random"))]),
+    "removal": ("pixel-removal", [("removal_least_first", dict(most_first=False)),
+                                  ("removal_most_first", dict(most_first=True))]),
+    "sanity": ("sanity", [("sanity", {})]),
+}
+
+
+def select_parts(spec: str, groups: tuple[str, ...] = tuple(PARTS)) -> list[tuple[str, str, dict]]:
+    """(evaluation, table, options) for each entry of a comma-separated `--parts`: one of `groups`
+    of PARTS ("localisation": both selection protocols) or one of its tables ("localisation_random"),
+    in the order given. An unknown entry raises ValueError naming the choices."""
     chosen = []
     for entry in spec.split(","):
-        found = [(group, name, options) for group, tables in parts.items() for name, options in tables
-                 if entry in (group, name)]
+        found = [(PARTS[g][0], name, options) for g in groups for name, options in PARTS[g][1] if entry in (g, name)]
         if not found:
-            choices = [c for group, tables in parts.items() for c in [group] + [name for name, _ in tables]]
+            choices = [c for g in groups for c in [g] + [name for name, _ in PARTS[g][1]]]
             raise ValueError(f"--parts: unknown part {entry!r}; choose from {', '.join(choices)}")
         chosen += [c for c in found if c not in chosen]
     return chosen
