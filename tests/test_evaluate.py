@@ -58,11 +58,11 @@ def test_localisation_score_for_known_attributions(mode, expected):
     del labels
 
 
-class _FixedLogits:
+class _FixedLogits(torch.nn.Module):
     """A stand-in model: the logits of image i are row i of a fixed table (passed as the image)."""
     num_classes = 10
 
-    def __call__(self, x):
+    def forward(self, x):
         return x[:, 0, 0, :10]
 
 
@@ -90,6 +90,32 @@ def test_grids_use_only_confident_correct_images_and_distinct_classes():
     assert make_grids(pools, 2, 5, seed=3) != make_grids(pools, 2, 5, seed=4)
     with pytest.raises(ValueError, match="needs 16 distinct classes"):
         make_grids(pools, 4, 1)
+
+
+class _Float32Ties(torch.nn.Linear):
+    """A stand-in model with float32 rounding: images (N, 1, 1, 2) -> logits (N, 10)."""
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__(2, 10, bias=False)
+
+    def forward(self, x):
+        return super().forward(x[:, 0, 0])
+
+
+def test_confident_images_ranks_in_float64_and_breaks_ties_by_index():
+    # Own-class logit 5 + k * 1e-8 (k = i mod 6): one value in float32, six in float64.  The ranking
+    # must follow float64 (which float32 noise cannot reorder), then the index.
+    model = _Float32Ties()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[0] = torch.tensor([5.0, 1e-8])
+    images = torch.stack([torch.ones(60), torch.arange(60.0).remainder(6)], 1)[:, None, None]
+    labels = torch.zeros(60, dtype=torch.long)
+    assert len(set(model(images)[:, 0].tolist())) == 1                         # float32: all tied
+    pools = confident_images(model, images, labels)
+    assert pools == {0: sorted(range(60), key=lambda i: (-(i % 6), i))}
+    assert model.weight.dtype == torch.float32                                  # the model is left as it was
 
 
 def test_localisation_runs_end_to_end_with_coda():

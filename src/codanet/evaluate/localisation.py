@@ -7,6 +7,7 @@ uniform: 1/n^2.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -29,10 +30,15 @@ if TYPE_CHECKING:
 def confident_images(model: CoDANet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
                      ctx: Context | None = None) -> dict:
     """Per class: indices of correctly classified images with sigmoid(logit) > 0.5, sorted by
-    decreasing logit.  With a distributed `ctx`, each rank classifies images[rank::world]."""
-    mine = ctx.shard(images) if ctx is not None and ctx.active else images
-    logits = torch.cat([model(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]
-                       or [torch.empty(0, model.num_classes)])
+    decreasing logit, equal logits by index.  The logits come from a float64 copy of the model:
+    float32 logits carry errors (~1e-5) larger than the gaps between neighbours in a class's ranking
+    (~1e-6), and their order changed from one process to the next, which moved cells of the random
+    protocol's grids (docs/evaluation.md).  With a distributed `ctx`, each rank classifies
+    images[rank::world]."""
+    exact = copy.deepcopy(model).double()
+    mine = (ctx.shard(images) if ctx is not None and ctx.active else images).double()
+    logits = torch.cat([exact(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]
+                       or [torch.empty(0, model.num_classes, dtype=torch.float64)])   # (N, classes)
     if ctx is not None and ctx.active:
         parts, logits = ctx.gather(logits), torch.empty(len(images), logits.shape[1], dtype=logits.dtype)
         for r, part in enumerate(parts):
@@ -43,7 +49,7 @@ def confident_images(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
     for c in range(model.num_classes):
         idx = torch.nonzero(ok & (labels == c))[:, 0]
         if len(idx):
-            out[c] = idx[own[idx].argsort(descending=True)].tolist()
+            out[c] = idx[own[idx].argsort(descending=True, stable=True)].tolist()
     return out
 
 
