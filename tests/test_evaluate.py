@@ -385,6 +385,7 @@ def test_report_of_evaluation_folders_and_bad_json(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "<h2>fashion</h2>" in page and "<h2>digits</h2>" in page and "random, 7 grids" in page
     assert "-0.500 [-0.600, -0.400] *" in page and "<td>—</td>" in page
+    assert "timed once" in page and "<td>2.0</td>" in page       # the cost table says when it was timed
     (tmp_path / "digits" / "broken.json").write_text('{"kind": "localisation", ')
     assert main(["report", str(tmp_path)]) == 2
 
