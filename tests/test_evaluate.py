@@ -394,12 +394,12 @@ def test_join_summaries_recomputes_the_paired_differences():
     """Methods measured in two runs on the same images make one table whose differences to CoDA
     are those of one joint run; other weights, the other order or other images are refused."""
     from codanet.evaluate.intervals import with_intervals
-    from codanet.evaluate.runner import join_summaries
+    from codanet.evaluate.runner import COST_NOTE, format_table, join_summaries
     rng = torch.Generator().manual_seed(0)
     areas = {m: torch.rand(50, generator=rng).tolist() for m in ("CoDA", "Grad", "Occ9")}
 
     def summary(methods, **changes):
-        results = {m: dict(area=sum(areas[m]) / 50, areas=areas[m], most_first=False) for m in methods}
+        results = {m: dict(area=sum(areas[m]) / 50, areas=areas[m], most_first=False, final=0.5) for m in methods}
         return dict(dict(kind="pixel-removal", sha256="ab" * 32, dataset="d", model="coda_cpu", temperature=10.0,
                          selection=None, processes=1, results=results,
                          cost={m: {"ms_per_image": 1.0} for m in methods}), **changes)
@@ -408,6 +408,7 @@ def test_join_summaries_recomputes_the_paired_differences():
     assert list(joined["results"]) == ["CoDA", "Grad", "Occ9"] and joined["joined_from"] == ["b.json", "a.json"]
     assert joined["results"]["Occ9"]["difference_to_CoDA"] == with_intervals(areas)["Occ9"]["difference_to_CoDA"]
     assert "difference_to_CoDA" not in joined["results"]["CoDA"] and set(joined["cost"]) == set(areas)
+    assert format_table(joined).endswith("| 0.500 | 1.0 |\n\n" + COST_NOTE)   # says when ms / image was timed
     with pytest.raises(ValueError, match="sha256"):
         join_summaries([cheap, summary(["Occ9"], sha256="cd" * 32)])
     most = summary(["Occ9"])

@@ -129,12 +129,10 @@ def build_evaluation_report(folder: str, found: list | None = None) -> str:
 def _costs(costs: dict) -> list[str]:
     if not costs:
         return []
-    note = ("<p>One attribution of 4 test images, timed once when each evaluation's JSON was written, so "
-            "on the machine of a resumed run's last sitting; the localisation tables' s / grid average "
-            "over every grid.</p>")
-    return ["<h2>Cost per method</h2>", note, _table(
+    from .evaluate.runner import COST_NOTE
+    return ["<h2>Cost per method</h2>", f"<p>{html.escape(COST_NOTE)}</p>", _table(
         [(m, f"{c['ms_per_image']:.1f}", c.get("evaluations_per_image", "—")) for m, c in costs.items()],
-        ["method", "ms per image", "model evaluations per image"])]
+        ["method", "ms / image", "model evaluations / image"])]
 
 
 def _write_page(folder: str, parts: list[str]) -> str:

@@ -71,8 +71,15 @@ def checkpoint_sha256(checkpoint: str) -> str | None:
     return sha256_of(path) if os.path.isfile(path) else None
 
 
+# What a summary's "ms / image" is, said under every table that shows it (markdown and report.html).
+COST_IMAGES = 4
+COST_NOTE = (f"ms / image: one attribution of {COST_IMAGES} test images, timed once when the summary was "
+             "written, so on the machine of a resumed run's last sitting; the localisation tables' s / grid "
+             "average over every grid.")
+
+
 def method_cost(method: Attribution, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Milliseconds per image for one attribution of `images`."""
+    """Milliseconds per image for one attribution of `images` (see COST_NOTE)."""
     t = time.perf_counter()
     method.attribute(images, target=labels)
     return 1e3 * (time.perf_counter() - t) / len(images)
@@ -111,7 +118,7 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     entries = {name: (model, m) for name, m in attributions.items()}
     results = score(kind, entries, x, y, grid_cells=grid_cells, grid_size=n, steps=steps, most_first=most_first,
                     seed=seed, class_names=test.classes, progress=progress, ctx=ctx, keep_dir=keep_dir)
-    costs = {name: dict(ms_per_image=method_cost(m, all_images[:4], all_labels[:4]),
+    costs = {name: dict(ms_per_image=method_cost(m, all_images[:COST_IMAGES], all_labels[:COST_IMAGES]),
                         evaluations_per_image=m.evaluations_per_image) for name, m in attributions.items()}
     summary = dict(kind=kind, checkpoint=checkpoint, sha256=checkpoint_sha256(checkpoint), dataset=test.name,
                    results=results, cost=costs, temperature=model.temperature, model=model.name,
@@ -314,7 +321,7 @@ def format_table(summary: dict) -> str:
         else:
             row += f" {r['final']:.3f} | {summary['cost'][name]['ms_per_image']:.1f} |"
         lines.append(row)
-    return "\n".join(lines)
+    return "\n".join(lines + ([] if kind == "localisation" else ["", COST_NOTE]))
 
 
 def _interval(ci: list[float] | None) -> str:
