@@ -36,7 +36,6 @@ from codanet.data.augment import make_batch
 from codanet.data.datasets import Dataset
 from codanet.evaluate.localisation import confident_images, make_grids
 from codanet.evaluate.runner import (
-    COST_IMAGES,
     checkpoint_sha256,
     draw,
     format_table,
@@ -150,8 +149,7 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
     else:
         results = score(kind, entries, images[:args.images], labels[:args.images], most_first=options["most_first"],
                         keep_dir=kept)
-    cost = {name: dict(ms_per_image=method_cost(m, images[:COST_IMAGES], labels[:COST_IMAGES]))
-            for name, (_, m) in entries.items()}
+    cost = {name: dict(ms_per_image=method_cost(m, images, labels)) for name, (_, m) in entries.items()}
     resnet_file = args.resnet or os.path.join(args.out, WEIGHTS)
     return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
                 cost=cost, models=dict(CoDA=coda.name, others="resnet56"), resnet_sha256=sha256_of(resnet_file),
