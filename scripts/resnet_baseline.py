@@ -145,11 +145,13 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
     if kind == "localisation":
         pools = joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
         cells = make_grids(pools, 3, args.grids, 0, options["selection"])
-        results = score(kind, entries, images, labels, grid_cells=cells, keep_dir=kept)
+        results = score(kind, entries, images, labels, grid_cells=cells, class_names=resnet.class_names,
+                        keep_dir=kept)
     else:
         results = score(kind, entries, images[:args.images], labels[:args.images], most_first=options["most_first"],
                         keep_dir=kept)
-    cost = {name: dict(ms_per_image=method_cost(m, images, labels)) for name, (_, m) in entries.items()}
+    cost = {name: dict(ms_per_image=method_cost(m, images, labels), evaluations_per_image=m.evaluations_per_image)
+            for name, (_, m) in entries.items()}
     resnet_file = args.resnet or os.path.join(args.out, WEIGHTS)
     return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
                 cost=cost, models=dict(CoDA=coda.name, others="resnet56"), resnet_sha256=sha256_of(resnet_file),

@@ -654,6 +654,7 @@ def test_resnet_baseline_script_writes_figures_and_report_and_resumes(tmp_path, 
     script.main()
     part = json.loads((tmp_path / "removal_least_first.json").read_text())
     assert set(part["results"]) == {"CoDA", "Grad"} and len(part["results"]["Grad"]["areas"]) == 4
+    assert {m: c["evaluations_per_image"] for m, c in part["cost"].items()} == {"CoDA": 1, "Grad": 1}
     assert (tmp_path / "removal_least_first.png").stat().st_size > 0
     page = (tmp_path / "report.html").read_text()
     assert "least important first, 4 images" in page and "<td>Grad</td>" in page and "<h2>.</h2>" not in page
