@@ -40,7 +40,7 @@ from codanet.evaluate.runner import (
     draw,
     format_table,
     load_for_evaluation,
-    method_cost,
+    method_costs,
     score,
     select_parts,
 )
@@ -150,8 +150,7 @@ def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **opti
     else:
         results = score(kind, entries, images[:args.images], labels[:args.images], most_first=options["most_first"],
                         keep_dir=kept)
-    cost = {name: dict(ms_per_image=method_cost(m, images, labels), evaluations_per_image=m.evaluations_per_image)
-            for name, (_, m) in entries.items()}
+    cost = method_costs({name: m for name, (_, m) in entries.items()}, images, labels)
     resnet_file = args.resnet or os.path.join(args.out, WEIGHTS)
     return dict(kind=kind, checkpoint=args.weights, sha256=checkpoint_sha256(args.weights), results=results,
                 cost=cost, models=dict(CoDA=coda.name, others="resnet56"), resnet_sha256=sha256_of(resnet_file),

@@ -86,6 +86,12 @@ def method_cost(method: Attribution, images: torch.Tensor, labels: torch.Tensor)
     return 1e3 * (time.perf_counter() - t) / len(images)
 
 
+def method_costs(methods: dict[str, Attribution], images: torch.Tensor, labels: torch.Tensor) -> dict[str, dict]:
+    """A summary's "cost": per method, ms per image (`method_cost`) and model evaluations per image."""
+    return {name: dict(ms_per_image=method_cost(m, images, labels), evaluations_per_image=m.evaluations_per_image)
+            for name, m in methods.items()}
+
+
 def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size: int = 3, grids: int = 100,
         images: int = 256, steps: int = 128, most_first: bool = False, dataset: str | None = None,
         data_dir: str | None = None, out: str | None = None, seed: int = 0,
@@ -119,8 +125,7 @@ def run(kind: str, checkpoint: str, methods: list[str] | None = None, grid_size:
     entries = {name: (model, m) for name, m in attributions.items()}
     results = score(kind, entries, x, y, grid_cells=grid_cells, grid_size=n, steps=steps, most_first=most_first,
                     seed=seed, class_names=test.classes, progress=progress, ctx=ctx, keep_dir=keep_dir)
-    costs = {name: dict(ms_per_image=method_cost(m, all_images, all_labels),
-                        evaluations_per_image=m.evaluations_per_image) for name, m in attributions.items()}
+    costs = method_costs(attributions, all_images, all_labels)
     summary = dict(kind=kind, checkpoint=checkpoint, sha256=checkpoint_sha256(checkpoint), dataset=test.name,
                    results=results, cost=costs, temperature=model.temperature, model=model.name,
                    processes=ctx.world, selection=selection if kind == "localisation" else None)
