@@ -25,10 +25,7 @@ import json
 import os
 from functools import partial
 
-import numpy as np
-
-from codanet.evaluate.intervals import with_intervals
-from codanet.evaluate.localisation import confident_images, make_grids, read_journal
+from codanet.evaluate.localisation import confident_images, make_grids
 from codanet.evaluate.runner import (
     ALL_METHODS,
     FAST_METHODS,
@@ -36,12 +33,12 @@ from codanet.evaluate.runner import (
     format_sanity_table,
     format_table,
     join_summaries,
-    kept_stem,
     load_for_evaluation,
     run,
     run_sanity,
     save,
     select_parts,
+    so_far_table,
 )
 from codanet.report import build_evaluation_report
 from codanet.utils.io import resume_json, write_text
@@ -79,39 +76,15 @@ def join(folders: list[str], weights: str, name: str, out: str) -> dict:
     return summary
 
 
-def scored_so_far(stem: str) -> dict[int, tuple[float, float]]:
-    """{grid index: (mean score of its cells, seconds)} from a method's kept result or its journal."""
-    if os.path.isfile(stem + ".json"):
-        with open(stem + ".json") as f:
-            kept = json.load(f)
-        return {i: (m, kept["seconds_per_grid"]) for i, m in enumerate(kept["grid_means"])}
-    return {i: (float(np.mean(e["scores"])), e["seconds"]) for i, e in read_journal(stem).items()}
-
-
 def so_far(weights: str, methods: list[str], grids: int, out: str) -> str:
     """Markdown: per selection protocol, every method on the grids all `methods` have scored so far
     (draws the grids as `run` does; measures nothing else)."""
     model, images, labels, _ = load_for_evaluation(weights)
     pools = confident_images(model, images, labels)
     kept = os.path.join(out, weights_folder(weights), "kept")
-    lines = []
-    for name, options in PARTS["localisation"][1]:
-        cells = make_grids(pools, 3, grids, selection=options["selection"])
-        done = {m: scored_so_far(kept_stem(kept, m, cells)) for m in methods}
-        common = sorted(set.intersection(*(set(d) for d in done.values())))
-        lines += [f"## {weights}: {name.replace('_', ' ')}, {len(common)} of {grids} grids scored by "
-                  f"{', '.join(methods)}", "", "| method | localisation [95 % CI] | − CoDA [95 % CI] | s / grid |",
-                  "|---|---|---|---|"]
-        if not common:
-            continue
-        rows = with_intervals({m: [d[i][0] for i in common] for m, d in done.items()})
-        for m, r in rows.items():
-            diff = r.get("difference_to_CoDA")
-            lines.append(f"| {m} | {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | " + (
-                f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "—") +
-                f" | {np.mean([done[m][i][1] for i in common]):.2f} |")
-        lines.append("")
-    return "\n".join(lines)
+    return "\n".join(line for name, options in PARTS["localisation"][1] for line in so_far_table(
+        f"{weights}: {name.replace('_', ' ')}", kept, methods,
+        make_grids(pools, 3, grids, selection=options["selection"])))
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ the best post-hoc explanation of an ordinary ResNet of similar accuracy?  (docs/
 
     .venv/bin/python scripts/resnet_baseline.py [--weights coda_cpu:fashion_mnist] [--epochs 4]
         [--resnet FILE] [--methods Grad,AbsGrad,IxG,IntGrad,DeepLIFT,GradCAM] [--grids 250]
-        [--images 1000] [--out runs/resnet_baseline]
+        [--images 1000] [--out runs/resnet_baseline] [--so-far]
 
 1. Trains ResNet-56 (CIFAR layout, codanet.models.posthoc.resnet56) on the CoDA model's data set
    with the binary cross-entropy a CoDA-Net is trained with (so both models' logits are read as
@@ -20,6 +20,8 @@ Writes OUT/resnet56.safetensors, OUT/training.json, OUT/<part>.json with its fig
 OUT/tables.md and OUT/report.html (the HTML report; `codanet report OUT` rebuilds it); a part whose
 JSON exists is skipped, and within a part each method's work is kept in OUT/kept/ as it is done,
 grid by grid and batch by batch of maps (`runner.score`).  Every part names both models' weights by sha256.
+`--so-far` measures nothing: it prints the localisation tables over the grids that CoDA and every
+method have scored so far (OUT/kept/), while a run of hours goes on or after it was stopped.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from codanet.evaluate.runner import (
     method_costs,
     score,
     select_parts,
+    so_far_table,
 )
 from codanet.explain.baselines import CoDA, make_methods
 from codanet.models.posthoc import PlainClassifier, resnet56
@@ -137,14 +140,29 @@ def joint_pools(a: dict, b: dict) -> dict:
     return out
 
 
+def both_confident(coda, resnet, images, labels) -> dict:
+    """`joint_pools` of the two models on `images`: the localisation tables draw their 3x3 grids
+    from it (`make_grids`, seed 0), so the same grids for CoDA and every method."""
+    return joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
+
+
+def so_far(coda, resnet, images, labels, args, parts: list) -> str:
+    """Markdown: per localisation table in `parts`, CoDA and every method on the grids all have
+    scored so far in OUT/kept/ (measures nothing; `runner.so_far_table`)."""
+    methods = ["CoDA"] + [m for m in args.methods.split(",") if m != "CoDA"]
+    pools = both_confident(coda, resnet, images, labels)
+    return "\n".join(line for kind, name, options in parts if kind == "localisation" for line in so_far_table(
+        f"{name.replace('_', ' ')} (CoDA: {args.weights}; others: ResNet-56)", os.path.join(args.out, "kept"),
+        methods, make_grids(pools, 3, args.grids, 0, options["selection"])))
+
+
 def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **options) -> dict:
     """One table: CoDA's contributions on the CoDA-Net, every post-hoc method on the ResNet, scored
     on the same grids / images (paired intervals of the difference to CoDA)."""
     entries = {"CoDA": (coda, CoDA(coda)), **{name: (resnet, m) for name, m in methods.items()}}
     kept = os.path.join(args.out, "kept")       # each method's work as it is done: a stopped part resumes
     if kind == "localisation":
-        pools = joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
-        cells = make_grids(pools, 3, args.grids, 0, options["selection"])
+        cells = make_grids(both_confident(coda, resnet, images, labels), 3, args.grids, 0, options["selection"])
         results = score(kind, entries, images, labels, grid_cells=cells, class_names=resnet.class_names,
                         keep_dir=kept)
     else:
@@ -168,6 +186,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--max-train-images", type=int, default=None, help="a quick check on fewer images")
     p.add_argument("--out", default="runs/resnet_baseline")
+    p.add_argument("--so-far", action="store_true", help="print the localisation scored so far (measures nothing)")
     args = p.parse_args()
     try:
         parts = select_parts(args.parts, groups=("localisation", "removal"))
@@ -178,6 +197,9 @@ def main() -> None:
         resnet = load_resnet(args.resnet, test)
     else:
         resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
+    if args.so_far:
+        print(so_far(coda, resnet, images, labels, args, parts))
+        return
     methods = make_methods(resnet, args.methods.split(","), images.shape[-1])
     tables = []
     for kind, name, options in parts:

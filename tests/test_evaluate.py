@@ -730,6 +730,46 @@ def test_comparison_so_far_pairs_the_grids_every_method_has_scored(tmp_path):
     assert f"| Grad | 0.150 [0.100, 0.200] | {0.15 - coda_two:+.3f} [" in most and "| 2.00 |" in most
 
 
+def test_resnet_baseline_so_far_reads_the_grids_its_run_kept(tmp_path, monkeypatch, capsys):
+    """`scripts/resnet_baseline.py --so-far` draws the grids its run drew (so it finds their kept
+    files) and pairs CoDA's kept result with another method's journal on the grids both have
+    scored (2 of 3); it writes nothing."""
+    import sys
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from codanet.evaluate.localisation import confident_images
+    from codanet.evaluate.runner import load_for_evaluation
+    script = _script("resnet_baseline")
+    coda, images, labels, test = load_for_evaluation("coda_cpu:mnist_5k")
+    pools = confident_images(coda, images, labels)
+    monkeypatch.setattr(script, "confident_images", lambda *_: pools)    # an untrained ResNet is sure of nothing
+    weights = tmp_path / "resnet.safetensors"
+    save_file(script.new_resnet(test).net.state_dict(), str(weights))
+    argv = ["resnet_baseline", "--weights", "coda_cpu:mnist_5k", "--resnet", str(weights), "--methods", "Grad",
+            "--parts", "localisation_random", "--grids", "3", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    coda = json.loads((tmp_path / "out" / "localisation_random.json").read_text())["results"]["CoDA"]["grid_means"]
+    (grad,) = (tmp_path / "out" / "kept").glob("Grad-3grids-*.json")
+    means = json.loads(grad.read_text())["grid_means"]
+    grad.with_suffix(".0.jsonl").write_text("".join(json.dumps(dict(grid=i, scores=[means[i]] * 9, seconds=1.0))
+                                                    + "\n" for i in range(2)))
+    grad.unlink()                   # Grad as a stopped run left it: a journal of grids 0 and 1
+    files = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", argv + ["--so-far"])
+    script.main()
+    text = capsys.readouterr().out
+    heading = "## localisation random (CoDA: coda_cpu:mnist_5k; others: ResNet-56), 2 of 3 grids scored by CoDA, Grad"
+    assert heading in text
+    coda_two, grad_two = float(np.mean(coda[:2])), float(np.mean(means[:2]))
+    assert f"| CoDA | {coda_two:.3f} [" in text and f"| Grad | {grad_two:.3f} [" in text
+    assert f"| {grad_two - coda_two:+.3f} [" in text and "| 1.00 |" in text
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == files
+
+
 def test_parts_name_groups_or_single_tables_and_a_typo_is_one_line_exit_2(monkeypatch, capsys):
     """`--parts` of both comparison scripts: a group stands for its tables, a table for itself, each
     once, in the order given; an unknown entry stops the script before any work (argparse: exit 2)

@@ -7,6 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ..data import dataset_options, load_dataset, make_batch
@@ -18,7 +19,7 @@ from ..train.checkpoint import load_model
 from ..train.setup import select_device
 from ..utils.io import resume_json, write_json
 from .intervals import with_intervals
-from .localisation import clear_journal, confident_images, localisation, make_grids
+from .localisation import clear_journal, confident_images, localisation, make_grids, read_journal
 from .pixel_removal import pixel_removal
 from .plots import plot_localisation, plot_pixel_removal
 
@@ -227,6 +228,33 @@ def kept_stem(keep_dir: str, name: str, cells: list) -> str:
     every (class, image) cell, so other grids never reuse it."""
     digest = hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:12]
     return os.path.join(keep_dir, f"{name}-{len(cells)}grids-{digest}")
+
+
+def scored_so_far(stem: str) -> dict[int, tuple[float, float]]:
+    """{grid index: (mean score of its cells, seconds)} from a method's kept result or its journal."""
+    if os.path.isfile(stem + ".json"):
+        with open(stem + ".json") as f:
+            kept = json.load(f)
+        return {i: (m, kept["seconds_per_grid"]) for i, m in enumerate(kept["grid_means"])}
+    return {i: (float(np.mean(e["scores"])), e["seconds"]) for i, e in read_journal(stem).items()}
+
+
+def so_far_table(heading: str, keep_dir: str, methods: list[str], cells: list) -> list[str]:
+    """Markdown lines: `methods` (CoDA first) on the grids of `cells` that every one of them has
+    scored so far in `keep_dir` (kept results and journals, see `score`), with 95 % intervals of
+    the means and of the paired differences to CoDA; measures nothing (`--so-far` of
+    scripts/comparison.py and scripts/resnet_baseline.py)."""
+    done = {m: scored_so_far(kept_stem(keep_dir, m, cells)) for m in methods}
+    common = sorted(set.intersection(*(set(d) for d in done.values())))
+    lines = [f"## {heading}, {len(common)} of {len(cells)} grids scored by {', '.join(methods)}", "",
+             "| method | localisation [95 % CI] | − CoDA [95 % CI] | s / grid |", "|---|---|---|---|"]
+    rows = with_intervals({m: [d[i][0] for i in common] for m, d in done.items()}) if common else {}
+    for m, r in rows.items():
+        diff = r.get("difference_to_CoDA")
+        lines.append(f"| {m} | {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | " + (
+            f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "—") +
+            f" | {np.mean([done[m][i][1] for i in common]):.2f} |")
+    return lines + [""]
 
 
 # The comparison's tables (scripts/comparison.py, scripts/resnet_baseline.py), docs/evaluation.md:
