@@ -77,7 +77,7 @@ def join(folders: list[str], weights: str, name: str, out: str) -> dict:
 
 
 def so_far(weights: str, methods: list[str], grids: int, out: str) -> str:
-    """Markdown: per selection protocol, every method on the grids all `methods` have scored so far
+    """Markdown: per selection protocol, CoDA and `methods` on the grids all have scored so far
     (draws the grids as `run` does; measures nothing else)."""
     model, images, labels, _ = load_for_evaluation(weights)
     pools = confident_images(model, images, labels)
@@ -102,7 +102,7 @@ def main() -> None:
     if args.so_far:
         methods = args.methods.split(",") if args.methods != "all" else list(ALL_METHODS)
         for weights in args.weights.split(","):
-            print(so_far(weights, ["CoDA"] + [m for m in methods if m != "CoDA"], args.grids, args.out))
+            print(so_far(weights, methods, args.grids, args.out))
         return
     try:
         parts = select_parts(args.parts)

@@ -149,11 +149,10 @@ def both_confident(coda, resnet, images, labels) -> dict:
 def so_far(coda, resnet, images, labels, args, parts: list) -> str:
     """Markdown: per localisation table in `parts`, CoDA and every method on the grids all have
     scored so far in OUT/kept/ (measures nothing; `runner.so_far_table`)."""
-    methods = ["CoDA"] + [m for m in args.methods.split(",") if m != "CoDA"]
     pools = both_confident(coda, resnet, images, labels)
     return "\n".join(line for kind, name, options in parts if kind == "localisation" for line in so_far_table(
         f"{name.replace('_', ' ')} (CoDA: {args.weights}; others: ResNet-56)", os.path.join(args.out, "kept"),
-        methods, make_grids(pools, 3, args.grids, 0, options["selection"])))
+        args.methods.split(","), make_grids(pools, 3, args.grids, 0, options["selection"])))
 
 
 def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **options) -> dict:

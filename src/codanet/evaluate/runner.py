@@ -240,10 +240,11 @@ def scored_so_far(stem: str) -> dict[int, tuple[float, float]]:
 
 
 def so_far_table(heading: str, keep_dir: str, methods: list[str], cells: list) -> list[str]:
-    """Markdown lines: `methods` (CoDA first) on the grids of `cells` that every one of them has
+    """Markdown lines: CoDA and `methods` on the grids of `cells` that every one of them has
     scored so far in `keep_dir` (kept results and journals, see `score`), with 95 % intervals of
     the means and of the paired differences to CoDA; measures nothing (`--so-far` of
     scripts/comparison.py and scripts/resnet_baseline.py)."""
+    methods = ["CoDA"] + [m for m in methods if m != "CoDA"]
     done = {m: scored_so_far(kept_stem(keep_dir, m, cells)) for m in methods}
     common = sorted(set.intersection(*(set(d) for d in done.values())))
     lines = [f"## {heading}, {len(common)} of {len(cells)} grids scored by {', '.join(methods)}", "",
