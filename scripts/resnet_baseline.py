@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -146,22 +146,22 @@ def both_confident(coda, resnet, images, labels) -> dict:
     return joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
 
 
-def so_far(coda, resnet, images, labels, args, parts: list) -> str:
+def so_far(pools: dict, args, parts: list) -> str:
     """Markdown: per localisation table in `parts`, CoDA and every method on the grids all have
     scored so far in OUT/kept/ (measures nothing; `runner.so_far_table`)."""
-    pools = both_confident(coda, resnet, images, labels)
     return "\n".join(line for kind, name, options in parts if kind == "localisation" for line in so_far_table(
         f"{name.replace('_', ' ')} (CoDA: {args.weights}; others: ResNet-56)", os.path.join(args.out, "kept"),
         args.methods.split(","), make_grids(pools, 3, args.grids, 0, options["selection"])))
 
 
-def compare(kind: str, coda, resnet, methods: dict, images, labels, args, **options) -> dict:
+def compare(kind: str, coda, resnet, methods: dict, images, labels, args, pools, **options) -> dict:
     """One table: CoDA's contributions on the CoDA-Net, every post-hoc method on the ResNet, scored
-    on the same grids / images (paired intervals of the difference to CoDA)."""
+    on the same grids / images (paired intervals of the difference to CoDA); `pools()` gives
+    `both_confident`'s pools, the same for every localisation table."""
     entries = {"CoDA": (coda, CoDA(coda)), **{name: (resnet, m) for name, m in methods.items()}}
     kept = os.path.join(args.out, "kept")       # each method's work as it is done: a stopped part resumes
     if kind == "localisation":
-        cells = make_grids(both_confident(coda, resnet, images, labels), 3, args.grids, 0, options["selection"])
+        cells = make_grids(pools(), 3, args.grids, 0, options["selection"])
         results = score(kind, entries, images, labels, grid_cells=cells, class_names=resnet.class_names,
                         keep_dir=kept)
     else:
@@ -196,14 +196,16 @@ def main() -> None:
         resnet = load_resnet(args.resnet, test)
     else:
         resnet = train_resnet(test.name, args.epochs, args.out, max_train_images=args.max_train_images)
+    # both models' confident pools (a pass over the test set each): once, and only if a table needs them
+    pools = cache(lambda: both_confident(coda, resnet, images, labels))
     if args.so_far:
-        print(so_far(coda, resnet, images, labels, args, parts))
+        print(so_far(pools(), args, parts))
         return
     methods = make_methods(resnet, args.methods.split(","), images.shape[-1])
     tables = []
     for kind, name, options in parts:
         summary = resume_json(os.path.join(args.out, name + ".json"),
-                              partial(compare, kind, coda, resnet, methods, images, labels, args, **options))
+                              partial(compare, kind, coda, resnet, methods, images, labels, args, pools, **options))
         draw(summary, os.path.join(args.out, name + ".png"), f"CoDA ({args.weights}) vs ResNet-56: {name}")
         tables.append(f"## {name} (CoDA: {args.weights}, sha256 {str(summary['sha256'])[:12]}; others: ResNet-56, "
                       f"sha256 {str(summary.get('resnet_sha256'))[:12]})\n\n"

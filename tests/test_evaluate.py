@@ -733,7 +733,8 @@ def test_comparison_so_far_pairs_the_grids_every_method_has_scored(tmp_path):
 def test_resnet_baseline_so_far_reads_the_grids_its_run_kept(tmp_path, monkeypatch, capsys):
     """`scripts/resnet_baseline.py --so-far` draws the grids its run drew (so it finds their kept
     files) and pairs CoDA's kept result with another method's journal on the grids both have
-    scored (2 of 3); it writes nothing."""
+    scored (2 of 3); it writes nothing.  Both models' confident pools are computed once for both
+    localisation tables, and not at all when a rerun finds the tables done."""
     import sys
 
     import numpy as np
@@ -743,16 +744,23 @@ def test_resnet_baseline_so_far_reads_the_grids_its_run_kept(tmp_path, monkeypat
     from codanet.evaluate.runner import load_for_evaluation
     script = _script("resnet_baseline")
     coda, images, labels, test = load_for_evaluation("coda_cpu:mnist_5k")
-    pools = confident_images(coda, images, labels)
-    monkeypatch.setattr(script, "confident_images", lambda *_: pools)    # an untrained ResNet is sure of nothing
+    pools, calls = confident_images(coda, images, labels), []
+    monkeypatch.setattr(script, "confident_images",      # an untrained ResNet is sure of nothing
+                        lambda *_: calls.append(1) or pools)
     weights = tmp_path / "resnet.safetensors"
     save_file(script.new_resnet(test).net.state_dict(), str(weights))
     argv = ["resnet_baseline", "--weights", "coda_cpu:mnist_5k", "--resnet", str(weights), "--methods", "Grad",
-            "--parts", "localisation_random", "--grids", "3", "--out", str(tmp_path / "out")]
+            "--parts", "localisation", "--grids", "3", "--out", str(tmp_path / "out")]
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
+    assert len(calls) == 2                          # one pass per model, shared by the two tables
+    script.main()
+    assert len(calls) == 2                          # both tables done: nothing to draw
     coda = json.loads((tmp_path / "out" / "localisation_random.json").read_text())["results"]["CoDA"]["grid_means"]
-    (grad,) = (tmp_path / "out" / "kept").glob("Grad-3grids-*.json")
+    kept = tmp_path / "out" / "kept"
+    (grid_hash,) = (p.stem.split("-")[-1] for p in kept.glob("CoDA-3grids-*.json")
+                    if json.loads(p.read_text())["grid_means"] == coda)    # the random table's grids
+    grad = kept / f"Grad-3grids-{grid_hash}.json"
     means = json.loads(grad.read_text())["grid_means"]
     grad.with_suffix(".0.jsonl").write_text("".join(json.dumps(dict(grid=i, scores=[means[i]] * 9, seconds=1.0))
                                                     + "\n" for i in range(2)))
@@ -762,6 +770,7 @@ def test_resnet_baseline_so_far_reads_the_grids_its_run_kept(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", argv + ["--so-far"])
     script.main()
     text = capsys.readouterr().out
+    assert len(calls) == 4
     heading = "## localisation random (CoDA: coda_cpu:mnist_5k; others: ResNet-56), 2 of 3 grids scored by CoDA, Grad"
     assert heading in text
     coda_two, grad_two = float(np.mean(coda[:2])), float(np.mean(means[:2]))
