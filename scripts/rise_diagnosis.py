@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codanet.evaluate.localisation import cell_scores, cell_sums, confident_images, grid_image, make_grids
+from codanet.evaluate.localisation import cell_scores, cell_sums, grid_image, make_grids
 from codanet.evaluate.runner import load_for_evaluation
 from codanet.explain.baselines import RISE
 from codanet.models.coda_net import encode
 from codanet.utils.io import write_json
-from resnet_baseline import RESNET_FASHION_MNIST, joint_pools, load_resnet
+from resnet_baseline import RESNET_FASHION_MNIST, both_confident, load_resnet
 
 
 class CellReader(nn.Module):
@@ -104,8 +104,7 @@ def main() -> None:
     args = a.parse_args()
     coda, images, labels, test = load_for_evaluation(args.weights)
     resnet = load_resnet(args.resnet, test)
-    pools = joint_pools(confident_images(coda, images, labels), confident_images(resnet, images, labels))
-    grids = make_grids(pools, 3, args.grids, 0, "most_confident")
+    grids = make_grids(both_confident(coda, resnet, images, labels), 3, args.grids, 0, "most_confident")
     rows = [diagnose(model, images, grids, args.masks, float(p)) for p in args.p.split(",")
             for model in (coda, resnet, CellReader(coda.num_classes, coda.in_channels))]
     print("| model | p | mean score | scores < 0.01 | spread (std / mean) | corr(s_k, kept share of cell k) "
