@@ -83,10 +83,41 @@ def test_lambda_study_trains_measures_and_skips_finished_models(tmp_path, monkey
     for name in ("scores_vs_lam.png", "maps_vs_lam.png", "summary.json", "lambda0.5/localisation.json"):
         assert (tmp_path / name).stat().st_size > 0
     monkeypatch.setattr("codanet.train.train", lambda *a, **k: pytest.fail("a finished model was trained again"))
+    monkeypatch.setattr(study, "measure", lambda *a, **k: pytest.fail("a finished model was measured again"))
     again = study.run("lam", [0, 0.5], str(tmp_path), epochs=1, grids=3, images=8, base=base)
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
     with pytest.raises(ValueError, match="unknown study"):
         study.run("rank", [1], str(tmp_path))
+
+
+def test_a_stopped_study_model_resumes_instead_of_counting_as_finished(tmp_path, monkeypatch):
+    """A crash before the first checkpoint starts the model afresh; a stop by signal (the trainer
+    checkpoints and returns stopped_by="signal") ends the study and writes no summary.json, so the
+    next call resumes from the checkpoint rather than reading the stopped run as a finished one."""
+    import os
+
+    from codanet.experiments import study
+    calls = []
+
+    def fake_train(cfg, out_dir, resume=False, progress=True):
+        calls.append(resume)
+        os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
+        if len(calls) == 1:
+            raise RuntimeError("killed before the first checkpoint")
+        if len(calls) == 2:
+            open(os.path.join(out_dir, "checkpoints", "step-000000007.safetensors"), "w").close()
+            return dict(stopped_by="signal", epoch=0, step=7)
+        return dict(test_accuracy=0.9, epochs=1.0, stopped_by=None)
+    monkeypatch.setattr("codanet.train.train", fake_train)
+    run_dir = str(tmp_path / "T49")
+    with pytest.raises(RuntimeError):
+        study.train_or_resume({}, run_dir)
+    with pytest.raises(KeyboardInterrupt, match="resumes from its last checkpoint"):
+        study.train_or_resume({}, run_dir)
+    assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+    assert study.train_or_resume({}, run_dir)["test_accuracy"] == 0.9
+    assert calls == [False, False, True]
+    assert study.train_or_resume({}, run_dir)["test_accuracy"] == 0.9 and len(calls) == 3     # finished: read back
 
 
 def test_a_collapsed_model_is_reported_without_localisation(tmp_path, monkeypatch):

@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codanet {args.command}: error: {e.strerror or e}"
               + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"codanet {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"codanet {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
     finally:
         from .train.distributed import teardown

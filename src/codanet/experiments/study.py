@@ -11,6 +11,7 @@ study is one command that can be stopped and started again.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -33,10 +34,19 @@ def gini(maps: torch.Tensor) -> torch.Tensor:
 
 
 def train_or_resume(cfg: dict, run_dir: str) -> dict:
-    """The run's summary: read when finished, else train (resuming from a checkpoint if any)."""
+    """The run's summary: read when finished, else train, resuming from the last checkpoint if an
+    earlier call was stopped.  A stop (SIGINT/SIGTERM: the trainer writes a checkpoint first) ends
+    the study with KeyboardInterrupt and leaves no summary.json, so the next call resumes this model
+    instead of taking it for finished."""
     from ..train import train
-    return resume_json(os.path.join(run_dir, "summary.json"),
-                       lambda: train(cfg, run_dir, resume=os.path.isdir(os.path.join(run_dir, "checkpoints"))))
+    from ..train.checkpoint import checkpoint_files
+
+    def fit() -> dict:
+        summary = train(cfg, run_dir, resume=bool(checkpoint_files(os.path.join(run_dir, "checkpoints"))))
+        if summary.get("stopped_by") == "signal":
+            raise KeyboardInterrupt(f"run the same command again: {run_dir} resumes from its last checkpoint")
+        return summary
+    return resume_json(os.path.join(run_dir, "summary.json"), fit)
 
 
 def measure(checkpoint: str, run_dir: str, grids: int, images: int, seed: int = 0) -> dict:
@@ -77,8 +87,10 @@ def run(setting: str, values: list[float], out_dir: str, epochs: int = 4, grids:
         overrides = {**(base or {}), setting: float(value), "epochs": epochs, "run_name": f"study_{tag}"}
         summary = train_or_resume(make_config(overrides, base=load_config_file(DEMO_CONFIG)), run_dir)
         checkpoint = os.path.join(run_dir, "model.safetensors")
+        scores = resume_json(os.path.join(run_dir, f"scores-{grids}grids-{images}images.json"),
+                             functools.partial(measure, checkpoint, run_dir, grids, images))  # measured once
         rows.append(dict(value=value, accuracy=summary["test_accuracy"], epochs=summary["epochs"],
-                         checkpoint=checkpoint, **measure(checkpoint, run_dir, grids, images)))
+                         checkpoint=checkpoint, **scores))
     result = dict(setting=setting, rows=rows, epochs_per_model=epochs, base=base or {})
     write_json(os.path.join(out_dir, "summary.json"), result)
     plot_scores(result, os.path.join(out_dir, f"scores_vs_{setting}.png"))
