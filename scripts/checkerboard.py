@@ -26,7 +26,7 @@ from codanet.evaluate.localisation import localisation
 from codanet.explain.baselines import CoDA
 from codanet.explain.plot import new_figure, save_figure, show_contributions, show_image
 from codanet.models.configs import CONFIGS
-from codanet.train.checkpoint import checkpoint_files, load_model
+from codanet.train.checkpoint import has_checkpoint, load_model
 from codanet.train.config import load_config_file, make_config
 from codanet.train.trainer import train
 from codanet.utils.io import write_json, write_text
@@ -42,7 +42,7 @@ def trained(name: str, epochs: int, out: str, max_train_images: int | None = Non
     if not os.path.isfile(os.path.join(folder, "summary.json")):
         overrides = dict(model=name, epochs=epochs, run_name=name, max_train_images=max_train_images)
         cfg = make_config(overrides, base=load_config_file("fashion_mnist_demo"))
-        train(cfg, folder, resume=bool(checkpoint_files(os.path.join(folder, "checkpoints"))))
+        train(cfg, folder, resume=has_checkpoint(folder))
     return folder
 
 

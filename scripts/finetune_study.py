@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 
-from codanet.train import load_config_file, make_config, train
+from codanet.train import has_checkpoint, load_config_file, make_config, train
 from codanet.utils.io import write_json
 
 
@@ -46,7 +46,7 @@ def main() -> int:
             with open(summary_path) as f:
                 summary = json.load(f)
         else:
-            summary = train(cfg, run_dir, resume=os.path.isdir(os.path.join(run_dir, "checkpoints")))
+            summary = train(cfg, run_dir, resume=has_checkpoint(run_dir))
         rows.append(dict(run=name, start=start, epochs=epochs, train_layers=cfg["train_layers"],
                          test_top1=summary["test_accuracy"], train_seconds=summary["train_seconds"],
                          checkpoint=os.path.join(run_dir, "model.safetensors")))

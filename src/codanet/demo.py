@@ -20,7 +20,7 @@ DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "fashion_mnist_
 def main(args) -> int:
     from .data import load_dataset
     from .explain import plot_explanation_grid
-    from .train import load_config_file, load_model, make_config, train
+    from .train import has_checkpoint, load_config_file, load_model, make_config, train
     from .utils.io import write_json
     overrides = {}
     if args.data_dir:
@@ -35,7 +35,7 @@ def main(args) -> int:
         kept = f"{out.rstrip(os.sep)}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
         os.rename(out, kept)
         print(f"the previous demo run was moved to {kept}")
-    resume = os.path.isdir(os.path.join(out, "checkpoints"))       # an interrupted demo continues
+    resume = has_checkpoint(out)                                   # an interrupted demo continues
     explain_with_shipped_model(out, cfg["data_dir"])
     summary = train(cfg, out, resume=resume)
     if summary.get("stopped_by") == "signal":

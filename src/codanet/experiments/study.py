@@ -38,11 +38,10 @@ def train_or_resume(cfg: dict, run_dir: str) -> dict:
     earlier call was stopped.  A stop (SIGINT/SIGTERM: the trainer writes a checkpoint first) ends
     the study with KeyboardInterrupt and leaves no summary.json, so the next call resumes this model
     instead of taking it for finished."""
-    from ..train import train
-    from ..train.checkpoint import checkpoint_files
+    from ..train import has_checkpoint, train
 
     def fit() -> dict:
-        summary = train(cfg, run_dir, resume=bool(checkpoint_files(os.path.join(run_dir, "checkpoints"))))
+        summary = train(cfg, run_dir, resume=has_checkpoint(run_dir))
         if summary.get("stopped_by") == "signal":
             raise KeyboardInterrupt(f"run the same command again: {run_dir} resumes from its last checkpoint")
         return summary

@@ -189,6 +189,12 @@ def checkpoint_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, "step-*.safetensors")))
 
 
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether a run folder holds a checkpoint to resume from; a run killed before its first
+    checkpoint (an empty `checkpoints/`) has none and starts afresh."""
+    return bool(checkpoint_files(os.path.join(run_dir, "checkpoints")))
+
+
 def prune(folder: str, keep: int) -> None:
     for path in checkpoint_files(folder)[:-keep]:
         os.remove(path)
