@@ -11,10 +11,10 @@ Finished runs are skipped, so an interrupted study continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from codanet.train import has_checkpoint, load_config_file, make_config, train
+from codanet.experiments.study import train_or_resume
+from codanet.train import load_config_file, make_config
 from codanet.utils.io import write_json
 
 
@@ -41,12 +41,7 @@ def main() -> int:
         run_dir = os.path.join(args.out, name)
         cfg = make_config(dict(overrides, data_dir=args.data_dir, epochs=epochs, run_name=name),
                           base=load_config_file("finetune"))
-        summary_path = os.path.join(run_dir, "summary.json")
-        if os.path.isfile(summary_path):
-            with open(summary_path) as f:
-                summary = json.load(f)
-        else:
-            summary = train(cfg, run_dir, resume=has_checkpoint(run_dir))
+        summary = train_or_resume(cfg, run_dir)       # read when finished; a stop ends the study, resumable
         rows.append(dict(run=name, start=start, epochs=epochs, train_layers=cfg["train_layers"],
                          test_top1=summary["test_accuracy"], train_seconds=summary["train_seconds"],
                          checkpoint=os.path.join(run_dir, "model.safetensors")))
